@@ -1,0 +1,263 @@
+"""Typed configuration loaded from TOML files.
+
+Every error names the file, the key and what is wrong; secrets are resolved from references
+(:mod:`dispatcher.secrets`) and never appear in errors, logs or ``repr``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from dispatcher.durations import Seconds
+from dispatcher.policy import Policy
+from dispatcher.secrets import SecretError, resolve_secret
+
+
+class ApiRole(enum.StrEnum):
+    DUTY_OFFICER = "duty_officer"
+    OPERATOR = "operator"
+    INSTALLER = "installer"
+    ADMIN = "admin"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Model):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    #: Seconds to wait for in-flight requests on shutdown.
+    shutdown_timeout: Seconds = 10.0
+
+
+class StoreConfig(_Model):
+    #: SQLite database file, relative to the config file's folder unless absolute.
+    path: str = "var/tocsin.db"
+
+
+class SyntheticDirectoryConfig(_Model):
+    """Parameters of the synthetic city generator (:mod:`dispatcher.synthetic`)."""
+
+    counties: Annotated[int, Field(ge=1, le=50)] = 1
+    towns_per_county: Annotated[int, Field(ge=1, le=100)] = 4
+    villages_per_town: Annotated[int, Field(ge=1, le=100)] = 5
+    grids_per_village: Annotated[int, Field(ge=1, le=50)] = 4
+    households_per_grid: Annotated[int, Field(ge=1, le=500)] = 20
+    persons_per_household: Annotated[float, Field(ge=1.0, le=10.0)] = 3.0
+    seed: int = 1
+
+
+class DirectoryConfig(_Model):
+    #: Load the directory from these CSV files at start when the store's directory is empty.
+    csv_dir: str | None = None
+    #: Or generate a synthetic city at start when the store's directory is empty (the demo).
+    synthetic: SyntheticDirectoryConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if self.csv_dir is not None and self.synthetic is not None:
+            raise ValueError("set either csv_dir or synthetic, not both")
+        return self
+
+
+class PolicyConfig(_Model):
+    #: The level policy file, relative to the config file's folder unless absolute.
+    file: str = "policy.toml"
+
+
+class CapConfig(_Model):
+    #: CAP <sender> for warnings posted as JSON.
+    sender: str = Field(default="tocsin@localhost", min_length=1)
+    #: Expiry given to a JSON warning that names none.
+    default_expiry: Seconds = 6 * 3600.0
+    #: Longest expiry accepted; a warning must be re-issued after that.
+    max_expiry: Seconds = 7 * 86400.0
+
+
+class TokenConfig(_Model):
+    """An API bearer token, stored as the SHA-256 of the token (tokens are random, 32+ bytes)."""
+
+    name: str = Field(min_length=1)
+    role: ApiRole
+    #: Hex SHA-256 of the token, as printed by ``tocsin token new``.
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    #: Or a secret reference (env:, file:, credential:) holding that hex digest.
+    sha256_secret: str | None = None
+
+    @model_validator(mode="after")
+    def _one_hash(self) -> Self:
+        if (self.sha256 is None) == (self.sha256_secret is None):
+            raise ValueError("give exactly one of sha256 or sha256_secret")
+        return self
+
+
+class ApiConfig(_Model):
+    tokens: tuple[TokenConfig, ...] = ()
+
+
+class LoggingConfig(_Model):
+    level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
+
+
+class TocsinConfig(_Model):
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    directory: DirectoryConfig = DirectoryConfig()
+    policy: PolicyConfig = PolicyConfig()
+    cap: CapConfig = CapConfig()
+    api: ApiConfig = ApiConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+class ConfigError(Exception):
+    """Configuration problems, each as ``file: key: what is wrong``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    name: str
+    role: ApiRole
+    digest: SecretStr
+
+    def matches(self, token: str) -> bool:
+        candidate = hashlib.sha256(token.encode("utf-8")).hexdigest()
+        return hmac.compare_digest(candidate, self.digest.get_secret_value())
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A validated config with paths made absolute, secrets resolved and the policy loaded."""
+
+    path: Path
+    settings: TocsinConfig
+    policy: Policy
+    policy_path: Path
+    store_path: Path
+    csv_dir: Path | None
+    tokens: tuple[ApiToken, ...]
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _validation_problems(path: Path, error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors(include_url=False, include_input=False):
+        loc = tuple(p for p in item["loc"] if not str(p).startswith("function-"))
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against the production template)"
+        problems.append(f"{path}: {_format_loc(loc)}: {msg}")
+    return problems
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file does not exist"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+
+
+def load_policy(path: Path) -> Policy:
+    data = _read_toml(path)
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_validation_problems(path, exc)) from None
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    """Load and validate a config file and the policy it names; raise ConfigError listing all
+    problems found."""
+    config_path = Path(path).resolve()
+    data = _read_toml(config_path)
+    try:
+        settings = TocsinConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_validation_problems(config_path, exc)) from None
+
+    base = config_path.parent
+    problems: list[str] = []
+
+    policy_path = _relative(base, settings.policy.file)
+    policy: Policy | None = None
+    try:
+        policy = load_policy(policy_path)
+    except ConfigError as exc:
+        problems.extend(f"{p} (policy.file in {config_path})" for p in exc.problems)
+
+    tokens: list[ApiToken] = []
+    for index, token in enumerate(settings.api.tokens):
+        if token.sha256 is not None:
+            tokens.append(ApiToken(token.name, token.role, SecretStr(token.sha256)))
+            continue
+        assert token.sha256_secret is not None
+        try:
+            digest = resolve_secret(token.sha256_secret, base_dir=base)
+        except SecretError as exc:
+            problems.append(f"{config_path}: api.tokens[{index}].sha256_secret: {exc}")
+            continue
+        value = digest.get_secret_value().strip().lower()
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            problems.append(
+                f"{config_path}: api.tokens[{index}].sha256_secret: the secret must hold a "
+                "64-character hex SHA-256 digest (see `tocsin token new`)"
+            )
+            continue
+        tokens.append(ApiToken(token.name, token.role, SecretStr(value)))
+    names = [t.name for t in settings.api.tokens]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"{config_path}: api.tokens: token name {name!r} is used twice")
+
+    csv_dir = None
+    if settings.directory.csv_dir is not None:
+        csv_dir = _relative(base, settings.directory.csv_dir)
+        if not csv_dir.is_dir():
+            problems.append(f"{config_path}: directory.csv_dir: {csv_dir} is not a folder")
+
+    if problems or policy is None:
+        raise ConfigError(problems)
+    return LoadedConfig(
+        path=config_path,
+        settings=settings,
+        policy=policy,
+        policy_path=policy_path,
+        store_path=_relative(base, settings.store.path),
+        csv_dir=csv_dir,
+        tokens=tuple(tokens),
+    )
+
+
+def _relative(base: Path, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else (base / path).resolve()

@@ -1,0 +1,122 @@
+"""The level policy: for each warning level, who is reached through which channels.
+
+Loaded from a TOML file (``config/policy.toml``) and validated here; the planner turns it into
+set-based SQL.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dispatcher.domain import Audience, Channel, DeviceKind, Level, Role
+from dispatcher.durations import Seconds
+
+
+class AudienceSelector(enum.StrEnum):
+    """Who a policy rule reaches. Each selector has a fixed priority (lower is sooner)."""
+
+    DEVICES = "devices"
+    GRID_MEMBERS = "grid_members"
+    VILLAGE_CADRES = "village_cadres"
+    RESCUE_TEAMS = "rescue_teams"
+    HAZARD_MONITORS = "hazard_monitors"
+    VULNERABLE = "vulnerable"
+    LIVES_ALONE = "lives_alone"
+    HOUSEHOLDS = "households"
+    EVERYONE = "everyone"
+
+    @property
+    def priority(self) -> int:
+        return _PRIORITY[self]
+
+    @property
+    def audience(self) -> Audience:
+        """The coverage level a delivery for this selector counts toward."""
+        if self is AudienceSelector.DEVICES:
+            return Audience.DEVICE
+        if self is AudienceSelector.GRID_MEMBERS:
+            return Audience.GRID_MEMBER
+        if self is AudienceSelector.HOUSEHOLDS:
+            return Audience.HOUSEHOLD
+        return Audience.PERSON
+
+    @property
+    def role(self) -> Role | None:
+        return _ROLE.get(self)
+
+
+# Devices reach the most people per message; grid members then organise everyone else;
+# vulnerable people cannot wait for the general SMS queue.
+_PRIORITY = {
+    AudienceSelector.DEVICES: 0,
+    AudienceSelector.GRID_MEMBERS: 10,
+    AudienceSelector.VILLAGE_CADRES: 15,
+    AudienceSelector.RESCUE_TEAMS: 15,
+    AudienceSelector.HAZARD_MONITORS: 15,
+    AudienceSelector.VULNERABLE: 20,
+    AudienceSelector.LIVES_ALONE: 20,
+    AudienceSelector.HOUSEHOLDS: 30,
+    AudienceSelector.EVERYONE: 40,
+}
+_ROLE = {
+    AudienceSelector.GRID_MEMBERS: Role.GRID_MEMBER,
+    AudienceSelector.VILLAGE_CADRES: Role.VILLAGE_CADRE,
+    AudienceSelector.RESCUE_TEAMS: Role.RESCUE_TEAM,
+    AudienceSelector.HAZARD_MONITORS: Role.HAZARD_MONITOR,
+}
+
+
+class PolicyRule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    audience: AudienceSelector
+    channels: tuple[Channel, ...] = ()
+    device_kinds: tuple[DeviceKind, ...] = ()
+
+    @model_validator(mode="after")
+    def _check_channels(self) -> Self:
+        if self.audience is AudienceSelector.DEVICES:
+            if not self.device_kinds:
+                raise ValueError("a devices rule needs device_kinds, e.g. ['loudspeaker']")
+            if self.channels:
+                raise ValueError(
+                    "a devices rule takes device_kinds, not channels (the kind sets the channel)"
+                )
+        else:
+            if not self.channels:
+                raise ValueError(f"a {self.audience.value} rule needs channels, e.g. ['sms']")
+            bad = [c.value for c in self.channels if c not in (Channel.SMS, Channel.VOICE)]
+            if bad:
+                raise ValueError(
+                    f"people are reached by sms or voice; {', '.join(bad)} is for devices"
+                )
+            if self.device_kinds:
+                raise ValueError("device_kinds belongs only in a devices rule")
+        return self
+
+
+class LevelPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ack_timeout: Seconds = 600.0
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    rules: tuple[PolicyRule, ...] = Field(min_length=1)
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    levels: dict[Level, LevelPolicy]
+
+    @model_validator(mode="after")
+    def _every_level(self) -> Self:
+        missing = [lvl.value for lvl in Level if lvl not in self.levels]
+        if missing:
+            raise ValueError(f"the policy has no entry for level(s) {', '.join(missing)}")
+        return self
+
+    def for_level(self, level: Level) -> LevelPolicy:
+        return self.levels[level]

@@ -1,0 +1,524 @@
+"""SQLite (WAL) store: the embedded default.
+
+One writer connection on its own thread serialises every write; one reader connection on another
+thread serves reads concurrently (WAL lets readers run beside the writer). The event loop never
+blocks on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dispatcher.domain import (
+    OPEN_DELIVERY_STATES,
+    DeliveryState,
+    Level,
+    MsgType,
+    Status,
+    WarningRecord,
+    WarningState,
+)
+from dispatcher.store.base import (
+    AreaRow,
+    AuditEntry,
+    CreateResult,
+    DeliveryEvent,
+    DuplicateWarning,
+    IdempotencyClaim,
+    IdempotencyConflict,
+    PlanCountRow,
+    PlanResult,
+    SqlStatement,
+)
+from dispatcher.store.migrations import migrate_sqlite
+
+T = TypeVar("T")
+
+_OPEN = tuple(s.value for s in OPEN_DELIVERY_STATES)
+_OPEN_SQL = ", ".join(f"'{s}'" for s in _OPEN)
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    """Open a connection with Tocsin's pragmas (autocommit mode: transactions are explicit)."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes in WAL mode
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA cache_size = -65536")  # 64 MiB page cache per connection
+    return conn
+
+
+class SqliteStore:
+    """The :class:`dispatcher.store.base.Store` on one SQLite file."""
+
+    def __init__(self, path: Path, writer: ThreadPoolExecutor, reader: ThreadPoolExecutor) -> None:
+        self.path = path
+        self._writer_pool = writer
+        self._reader_pool = reader
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: Path | str) -> SqliteStore:
+        """Open (creating if needed) and migrate the database."""
+        db_path = Path(path)
+        if str(db_path) != ":memory:":
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+        store = cls(
+            db_path,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="tocsin-sqlite-writer"),
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="tocsin-sqlite-reader"),
+        )
+        loop = asyncio.get_running_loop()
+
+        def open_writer() -> None:
+            store._wconn = connect(db_path)
+            migrate_sqlite(store._wconn)
+
+        def open_reader() -> None:
+            store._rconn = connect(db_path)
+
+        await loop.run_in_executor(store._writer_pool, open_writer)
+        await loop.run_in_executor(store._reader_pool, open_reader)
+        return store
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._wconn is not None:
+            conn = self._wconn
+            self._wconn = None
+            await loop.run_in_executor(self._writer_pool, _optimize_and_close, conn)
+        if self._rconn is not None:
+            conn = self._rconn
+            self._rconn = None
+            await loop.run_in_executor(self._reader_pool, conn.close)
+        self._writer_pool.shutdown(wait=True)
+        self._reader_pool.shutdown(wait=True)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._wconn
+        if conn is None:
+            raise RuntimeError("store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._writer_pool, fn, conn)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._rconn
+        if conn is None:
+            raise RuntimeError("store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, fn, conn)
+
+    # -- health ------------------------------------------------------------------------------
+    async def ping(self) -> None:
+        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    # -- directory ---------------------------------------------------------------------------
+    async def directory_counts(self) -> dict[str, int]:
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            counts = {}
+            for table in ("areas", "grids", "households", "persons", "devices"):
+                (n,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+                counts[table] = int(n)
+            return counts
+
+        return await self._read(run)
+
+    async def unknown_area_codes(self, codes: Sequence[str]) -> list[str]:
+        wanted = list(dict.fromkeys(codes))
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            known: set[str] = set()
+            for chunk in _chunks(wanted, 500):
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(f"SELECT code FROM areas WHERE code IN ({marks})", chunk)
+                known.update(r[0] for r in rows)
+            return [c for c in wanted if c not in known]
+
+        return await self._read(run)
+
+    async def areas_with_ancestors(self, codes: Sequence[str]) -> list[AreaRow]:
+        wanted = list(dict.fromkeys(codes))
+
+        def run(conn: sqlite3.Connection) -> list[AreaRow]:
+            out: dict[str, AreaRow] = {}
+            for chunk in _chunks(wanted, 500):
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    "SELECT a.code, a.name, a.level, a.parent_code FROM areas a "
+                    "WHERE a.code IN (SELECT ancestor FROM area_closure "
+                    f"WHERE descendant IN ({marks}))",
+                    chunk,
+                )
+                for code, name, level, parent in rows:
+                    out[code] = AreaRow(code, name, level, parent)
+            return list(out.values())
+
+        return await self._read(run)
+
+    # -- warnings ----------------------------------------------------------------------------
+    async def create_warning(
+        self,
+        warning: WarningRecord,
+        *,
+        idempotency: IdempotencyClaim | None,
+        supersedes: Sequence[str] = (),
+        cancels: Sequence[str] = (),
+        now: float,
+    ) -> CreateResult:
+        def run(conn: sqlite3.Connection) -> CreateResult:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = self._create_warning_tx(conn, warning, idempotency, supersedes, cancels, now)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            if result.created:
+                conn.execute("COMMIT")
+            else:
+                conn.execute("ROLLBACK")
+            return result
+
+        return await self._write(run)
+
+    @staticmethod
+    def _create_warning_tx(
+        conn: sqlite3.Connection,
+        warning: WarningRecord,
+        idempotency: IdempotencyClaim | None,
+        supersedes: Sequence[str],
+        cancels: Sequence[str],
+        now: float,
+    ) -> CreateResult:
+        if idempotency is not None:
+            row = conn.execute(
+                "SELECT request_hash, warning_id FROM idempotency_keys "
+                "WHERE principal = ? AND key = ?",
+                (idempotency.principal, idempotency.key),
+            ).fetchone()
+            if row is not None:
+                if row[0] != idempotency.request_hash:
+                    raise IdempotencyConflict(row[1])
+                return CreateResult(row[1], created=False)
+        dup = conn.execute(
+            "SELECT id FROM warnings WHERE sender = ? AND identifier = ?",
+            (warning.sender, warning.identifier),
+        ).fetchone()
+        if dup is not None:
+            raise DuplicateWarning(dup[0])
+        created_at = _iso(now)
+        conn.execute(
+            "INSERT INTO warnings (id, identifier, sender, sent, status, msg_type, level, event, "
+            "headline, description, instruction, area_codes, area_desc, expires, urgency, "
+            "certainty, category, language, refs, note, audio_url, audio_sha256, state, "
+            "created_by, created_at) VALUES "
+            "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                warning.id,
+                warning.identifier,
+                warning.sender,
+                warning.sent.isoformat(),
+                warning.status.value,
+                warning.msg_type.value,
+                warning.level.value,
+                warning.event,
+                warning.headline,
+                warning.description,
+                warning.instruction,
+                json.dumps(list(warning.area_codes)),
+                warning.area_desc,
+                warning.expires.isoformat(),
+                warning.urgency,
+                warning.certainty,
+                warning.category,
+                warning.language,
+                json.dumps(list(warning.references)),
+                warning.note,
+                warning.audio_url,
+                warning.audio_sha256,
+                warning.state.value,
+                warning.created_by,
+                created_at,
+            ),
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO warning_areas (warning_id, area_code) VALUES (?, ?)",
+            [(warning.id, code) for code in warning.area_codes],
+        )
+        if idempotency is not None:
+            conn.execute(
+                "INSERT INTO idempotency_keys (principal, key, request_hash, warning_id, "
+                "created_at) VALUES (?,?,?,?,?)",
+                (
+                    idempotency.principal,
+                    idempotency.key,
+                    idempotency.request_hash,
+                    warning.id,
+                    created_at,
+                ),
+            )
+        _log_warning_event(conn, warning.id, "received", now, {"msg_type": warning.msg_type})
+        for old_id in supersedes:
+            _stop_warning(conn, old_id, WarningState.SUPERSEDED, warning.id, now)
+        for old_id in cancels:
+            _stop_warning(conn, old_id, WarningState.CANCELLED, warning.id, now)
+        return CreateResult(warning.id, created=True)
+
+    async def get_warning(self, warning_id: str) -> WarningRecord | None:
+        def run(conn: sqlite3.Connection) -> WarningRecord | None:
+            row = conn.execute(f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE id = ?", (warning_id,))
+            found = row.fetchone()
+            return _warning_from_row(found) if found else None
+
+        return await self._read(run)
+
+    async def find_warning(self, sender: str, identifier: str) -> WarningRecord | None:
+        def run(conn: sqlite3.Connection) -> WarningRecord | None:
+            row = conn.execute(
+                f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE sender = ? AND identifier = ?",
+                (sender, identifier),
+            ).fetchone()
+            return _warning_from_row(row) if row else None
+
+        return await self._read(run)
+
+    async def list_warnings(
+        self,
+        *,
+        limit: int,
+        before: str | None = None,
+        status: str | None = None,
+        state: WarningState | None = None,
+    ) -> list[WarningRecord]:
+        def run(conn: sqlite3.Connection) -> list[WarningRecord]:
+            where = []
+            params: list[Any] = []
+            if before is not None:
+                cursor = conn.execute(
+                    "SELECT created_at, id FROM warnings WHERE id = ?", (before,)
+                ).fetchone()
+                if cursor is None:
+                    return []
+                where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+                params += [cursor[0], cursor[0], cursor[1]]
+            if status is not None:
+                where.append("status = ?")
+                params.append(status)
+            if state is not None:
+                where.append("state = ?")
+                params.append(state.value)
+            clause = f"WHERE {' AND '.join(where)}" if where else ""
+            rows = conn.execute(
+                f"SELECT {_WARNING_COLUMNS} FROM warnings {clause} "
+                "ORDER BY created_at DESC, id DESC LIMIT ?",
+                [*params, limit],
+            )
+            return [_warning_from_row(r) for r in rows]
+
+        return await self._read(run)
+
+    async def unplanned_warning_ids(self) -> list[str]:
+        def run(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT id FROM warnings WHERE planned_at IS NULL AND state = 'active' "
+                "ORDER BY created_at"
+            )
+            return [r[0] for r in rows]
+
+        return await self._read(run)
+
+    async def execute_plan(
+        self, warning_id: str, statements: Sequence[SqlStatement], *, now: float
+    ) -> PlanResult:
+        def run(conn: sqlite3.Connection) -> PlanResult:
+            started = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(
+                    "SELECT state, planned_at FROM warnings WHERE id = ?", (warning_id,)
+                ).fetchone()
+                if row is None or row[0] != WarningState.ACTIVE or row[1] is not None:
+                    conn.execute("ROLLBACK")
+                    return PlanResult(warning_id, 0, time.perf_counter() - started, False)
+                (first_id,) = conn.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()
+                for statement in statements:
+                    conn.execute(statement.sql, statement.params)
+                (last_id,) = conn.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()
+                # The new rows are one contiguous rowid range: counting them is a sequential
+                # scan of pages still in cache, not a second pass over the directory.
+                conn.execute(
+                    "INSERT INTO plan_counts (warning_id, area_code, audience, channel, count) "
+                    "SELECT ?, area_code, audience, channel, count(*) FROM deliveries "
+                    "WHERE id > ? AND id <= ? GROUP BY area_code, audience, channel",
+                    (warning_id, first_id, last_id),
+                )
+                count = int(last_id) - int(first_id)
+                conn.execute(
+                    "UPDATE warnings SET planned_at = ? WHERE id = ?", (_iso(now), warning_id)
+                )
+                _log_warning_event(conn, warning_id, "planned", now, {"deliveries": count})
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return PlanResult(warning_id, count, time.perf_counter() - started, True)
+
+        return await self._write(run)
+
+    async def plan_counts(self, warning_id: str) -> list[PlanCountRow]:
+        def run(conn: sqlite3.Connection) -> list[PlanCountRow]:
+            rows = conn.execute(
+                "SELECT area_code, audience, channel, count FROM plan_counts WHERE warning_id = ?",
+                (warning_id,),
+            )
+            return [PlanCountRow(*r) for r in rows]
+
+        return await self._read(run)
+
+    async def delivery_state_counts(self, warning_id: str) -> dict[str, int]:
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT state, count(*) FROM deliveries WHERE warning_id = ? GROUP BY state",
+                (warning_id,),
+            )
+            return {state: int(n) for state, n in rows}
+
+        return await self._read(run)
+
+    async def warning_events(
+        self, warning_id: str, *, after_id: int = 0, limit: int = 100
+    ) -> list[DeliveryEvent]:
+        def run(conn: sqlite3.Connection) -> list[DeliveryEvent]:
+            rows = conn.execute(
+                "SELECT id, at, warning_id, delivery_id, state, attempt, adapter, reason, detail "
+                "FROM delivery_events WHERE warning_id = ? AND id > ? ORDER BY id LIMIT ?",
+                (warning_id, after_id, limit),
+            )
+            return [
+                DeliveryEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]))
+                for r in rows
+            ]
+
+        return await self._read(run)
+
+    # -- audit -------------------------------------------------------------------------------
+    async def append_audit(
+        self, *, principal: str, role: str, action: str, target: str, detail: dict[str, Any]
+    ) -> None:
+        at = _iso(time.time())
+        payload = json.dumps(detail, ensure_ascii=False, default=str)
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO audit_log (at, principal, role, action, target, detail) "
+                "VALUES (?,?,?,?,?,?)",
+                (at, principal, role, action, target, payload),
+            )
+
+        await self._write(run)
+
+    async def list_audit(self, *, limit: int, before_id: int | None = None) -> list[AuditEntry]:
+        def run(conn: sqlite3.Connection) -> list[AuditEntry]:
+            rows = conn.execute(
+                "SELECT id, at, principal, role, action, target, detail FROM audit_log "
+                "WHERE id < ? ORDER BY id DESC LIMIT ?",
+                (before_id if before_id is not None else 2**62, limit),
+            )
+            return [AuditEntry(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+
+        return await self._read(run)
+
+
+_WARNING_COLUMNS = (
+    "id, identifier, sender, sent, status, msg_type, level, event, headline, description, "
+    "instruction, area_codes, area_desc, expires, urgency, certainty, category, language, refs, "
+    "note, audio_url, audio_sha256, state, created_by"
+)
+
+
+def _warning_from_row(row: Sequence[Any]) -> WarningRecord:
+    return WarningRecord(
+        id=row[0],
+        identifier=row[1],
+        sender=row[2],
+        sent=datetime.fromisoformat(row[3]),
+        status=Status(row[4]),
+        msg_type=MsgType(row[5]),
+        level=Level(row[6]),
+        event=row[7],
+        headline=row[8],
+        description=row[9],
+        instruction=row[10],
+        area_codes=tuple(json.loads(row[11])),
+        area_desc=row[12],
+        expires=datetime.fromisoformat(row[13]),
+        urgency=row[14],
+        certainty=row[15],
+        category=row[16],
+        language=row[17],
+        references=tuple(json.loads(row[18])),
+        note=row[19],
+        audio_url=row[20],
+        audio_sha256=row[21],
+        state=WarningState(row[22]),
+        created_by=row[23],
+    )
+
+
+def _stop_warning(
+    conn: sqlite3.Connection, warning_id: str, state: WarningState, by: str, now: float
+) -> None:
+    """Mark a warning superseded or cancelled and stop its open deliveries, logging each."""
+    conn.execute(
+        "UPDATE warnings SET state = ?, superseded_by = ? WHERE id = ? AND state = 'active'",
+        (state.value, by, warning_id),
+    )
+    delivery_state = (
+        DeliveryState.SUPERSEDED if state is WarningState.SUPERSEDED else DeliveryState.CANCELLED
+    )
+    reason = f"{state.value} by {by}"
+    conn.execute(
+        "INSERT INTO delivery_events (at, warning_id, delivery_id, state, attempt, reason) "
+        f"SELECT ?, warning_id, id, ?, attempts, ? FROM deliveries "
+        f"WHERE warning_id = ? AND state IN ({_OPEN_SQL})",
+        (now, delivery_state.value, reason, warning_id),
+    )
+    conn.execute(
+        f"UPDATE deliveries SET state = ?, updated_at = ? "
+        f"WHERE warning_id = ? AND state IN ({_OPEN_SQL})",
+        (delivery_state.value, now, warning_id),
+    )
+    _log_warning_event(conn, warning_id, state.value, now, {"by": by})
+
+
+def _log_warning_event(
+    conn: sqlite3.Connection, warning_id: str, state: str, now: float, detail: dict[str, Any]
+) -> None:
+    conn.execute(
+        "INSERT INTO delivery_events (at, warning_id, delivery_id, state, detail) "
+        "VALUES (?, ?, NULL, ?, ?)",
+        (now, warning_id, state, json.dumps(detail, default=str)),
+    )
+
+
+def _optimize_and_close(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("PRAGMA optimize")
+    finally:
+        conn.close()
+
+
+def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
