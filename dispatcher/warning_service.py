@@ -1,0 +1,321 @@
+"""Accepting warnings: checks that need the store or the clock, Update/Cancel resolution,
+idempotency and the audit trail. Used by the HTTP API and the CLI alike."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from dispatcher.config import ApiRole, CapConfig
+from dispatcher.domain import MsgType, Status, WarningRecord, WarningState
+from dispatcher.store.base import (
+    CreateResult,
+    DuplicateWarning,
+    IdempotencyClaim,
+    IdempotencyConflict,
+    Store,
+)
+from dispatcher.warning_input import (
+    CancelRequest,
+    Category,
+    Certainty,
+    Urgency,
+    WarningChange,
+    WarningInput,
+    cap_reference,
+)
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is acting: an API token's name and role, or the local CLI user."""
+
+    name: str
+    role: ApiRole
+
+
+class WarningRejected(Exception):
+    """A request that is understood but cannot be accepted; nothing was changed."""
+
+    def __init__(
+        self, code: str, message: str, *, http_status: int = 422, field: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    warning: WarningRecord
+    created: bool
+
+
+class WarningService:
+    def __init__(
+        self,
+        store: Store,
+        cap: CapConfig,
+        *,
+        on_created: Callable[[str], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._cap = cap
+        self._on_created = on_created
+        self._clock = clock
+
+    async def submit(
+        self,
+        data: WarningInput,
+        *,
+        principal: Principal,
+        idempotency: IdempotencyClaim | None = None,
+    ) -> Submission:
+        """Validate and store a new warning (Alert, Update or Cancel) and queue its plan."""
+        now = self._clock()
+        now_dt = datetime.fromtimestamp(now, UTC)
+        if data.status is Status.DRAFT:
+            raise WarningRejected(
+                "draft_not_dispatched", "Draft messages are not dispatched", field="status"
+            )
+        expires = data.expires or now_dt + timedelta(seconds=self._cap.default_expiry)
+        if expires <= now_dt:
+            raise WarningRejected(
+                "expired", f"expires {expires.isoformat()} is in the past", field="expires"
+            )
+        if (expires - now_dt).total_seconds() > self._cap.max_expiry:
+            raise WarningRejected(
+                "expiry_too_far",
+                f"expires is more than {self._cap.max_expiry / 86400:g} days away",
+                field="expires",
+            )
+        unknown = await self._store.unknown_area_codes(data.area_codes)
+        if unknown:
+            shown = ", ".join(unknown[:20]) + (" …" if len(unknown) > 20 else "")
+            raise WarningRejected(
+                "unknown_area", f"unknown area code(s): {shown}", field="area_codes"
+            )
+
+        supersedes: list[str] = []
+        cancels: list[str] = []
+        if data.msg_type is not MsgType.ALERT:
+            targets = await self._resolve_references(data)
+            (supersedes if data.msg_type is MsgType.UPDATE else cancels).extend(
+                t.id for t in targets
+            )
+
+        warning = WarningRecord(
+            id=uuid.uuid4().hex,
+            identifier=data.identifier or f"tocsin-{uuid.uuid4()}",
+            sender=data.sender or self._cap.sender,
+            sent=data.sent or now_dt.replace(microsecond=0),
+            status=data.status,
+            msg_type=data.msg_type,
+            level=data.level,
+            event=data.event,
+            headline=data.headline,
+            description=data.description,
+            instruction=data.instruction,
+            area_codes=tuple(dict.fromkeys(data.area_codes)),
+            area_desc=data.area_desc,
+            expires=expires,
+            urgency=data.urgency.value,
+            certainty=data.certainty.value,
+            category=data.category.value,
+            language=data.language,
+            references=tuple(data.references),
+            note=data.note,
+            audio_url=data.audio_url,
+            audio_sha256=data.audio_sha256,
+            state=WarningState.ACTIVE,
+            created_by=principal.name,
+        )
+        try:
+            result: CreateResult = await self._store.create_warning(
+                warning,
+                idempotency=idempotency,
+                supersedes=supersedes,
+                cancels=cancels,
+                now=now,
+            )
+        except IdempotencyConflict as exc:
+            raise WarningRejected(
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used with a different request body "
+                f"(warning {exc.warning_id})",
+                http_status=409,
+            ) from None
+        except DuplicateWarning as exc:
+            raise WarningRejected(
+                "duplicate_identifier",
+                f"sender {warning.sender} already sent identifier {warning.identifier} "
+                f"(warning {exc.warning_id})",
+                http_status=409,
+                field="identifier",
+            ) from None
+
+        if not result.created:
+            existing = await self._store.get_warning(result.warning_id)
+            assert existing is not None  # idempotency rows reference stored warnings
+            return Submission(existing, created=False)
+
+        await self._store.append_audit(
+            principal=principal.name,
+            role=principal.role.value,
+            action=f"warning.{warning.msg_type.value.lower()}",
+            target=warning.id,
+            detail=_audit_detail(warning, supersedes, cancels),
+        )
+        log.info(
+            "warning accepted",
+            warning_id=warning.id,
+            msg_type=warning.msg_type.value,
+            status=warning.status.value,
+            level=warning.level.value,
+            areas=len(warning.area_codes),
+            by=principal.name,
+        )
+        self._on_created(warning.id)
+        return Submission(warning, created=True)
+
+    async def update(
+        self,
+        warning_id: str,
+        change: WarningChange,
+        *,
+        principal: Principal,
+        idempotency: IdempotencyClaim | None = None,
+    ) -> Submission:
+        old = await self._active_warning(warning_id)
+        fields = change.model_dump(exclude_none=True)
+        data = WarningInput(
+            level=fields.get("level", old.level),
+            event=fields.get("event", old.event),
+            headline=fields.get("headline", old.headline),
+            description=fields.get("description", old.description),
+            instruction=fields.get("instruction", old.instruction),
+            area_codes=fields.get("area_codes", list(old.area_codes)),
+            area_desc=fields.get("area_desc", old.area_desc),
+            expires=fields.get("expires", old.expires),
+            urgency=fields.get("urgency", Urgency(old.urgency)),
+            certainty=fields.get("certainty", Certainty(old.certainty)),
+            category=Category(old.category),
+            language=old.language,
+            note=fields.get("note", ""),
+            status=old.status,
+            msg_type=MsgType.UPDATE,
+            references=[cap_reference(old.sender, old.identifier, old.sent)],
+            audio_url=old.audio_url,
+            audio_sha256=old.audio_sha256,
+        )
+        return await self.submit(data, principal=principal, idempotency=idempotency)
+
+    async def cancel(
+        self,
+        warning_id: str,
+        request: CancelRequest,
+        *,
+        principal: Principal,
+        idempotency: IdempotencyClaim | None = None,
+    ) -> Submission:
+        old = await self._active_warning(warning_id)
+        now_dt = datetime.fromtimestamp(self._clock(), UTC)
+        data = WarningInput(
+            level=old.level,
+            event=old.event,
+            headline=old.headline,
+            description=old.description,
+            instruction=old.instruction,
+            area_codes=list(old.area_codes),
+            area_desc=old.area_desc,
+            # The Cancel itself must reach devices even if the warning is about to expire.
+            expires=max(old.expires, now_dt + timedelta(minutes=30)),
+            urgency=Urgency(old.urgency),
+            certainty=Certainty(old.certainty),
+            category=Category(old.category),
+            language=old.language,
+            note=request.note,
+            status=old.status,
+            msg_type=MsgType.CANCEL,
+            references=[cap_reference(old.sender, old.identifier, old.sent)],
+        )
+        return await self.submit(data, principal=principal, idempotency=idempotency)
+
+    async def _active_warning(self, warning_id: str) -> WarningRecord:
+        old = await self._store.get_warning(warning_id)
+        if old is None:
+            raise WarningRejected("not_found", f"no warning {warning_id}", http_status=404)
+        if old.state is not WarningState.ACTIVE:
+            raise WarningRejected(
+                "not_active",
+                f"warning {warning_id} is {old.state.value}; only an active warning can be "
+                "updated or cancelled",
+                http_status=409,
+            )
+        return old
+
+    async def _resolve_references(self, data: WarningInput) -> list[WarningRecord]:
+        kind = data.msg_type.value
+        if not data.references:
+            raise WarningRejected(
+                "missing_references",
+                f"an {kind} must reference the warning it changes",
+                field="references",
+            )
+        found: list[WarningRecord] = []
+        for ref in data.references:
+            parts = ref.split(",")
+            if len(parts) != 3 or not all(parts):
+                raise WarningRejected(
+                    "bad_reference",
+                    f"reference {ref!r} is not 'sender,identifier,sent'",
+                    field="references",
+                )
+            target = await self._store.find_warning(parts[0], parts[1])
+            if target is None:
+                raise WarningRejected(
+                    "unknown_reference",
+                    f"{kind} references {parts[1]} from {parts[0]}, which Tocsin never received",
+                    field="references",
+                )
+            if target.status is not data.status:
+                raise WarningRejected(
+                    "status_mismatch",
+                    f"a {data.status.value} {kind} cannot change a {target.status.value} warning",
+                    field="status",
+                )
+            if target.state is not WarningState.ACTIVE:
+                raise WarningRejected(
+                    "not_active",
+                    f"referenced warning {target.id} is {target.state.value}",
+                    http_status=409,
+                    field="references",
+                )
+            found.append(target)
+        return found
+
+
+def _audit_detail(
+    warning: WarningRecord, supersedes: list[str], cancels: list[str]
+) -> dict[str, Any]:
+    return {
+        "identifier": warning.identifier,
+        "status": warning.status.value,
+        "level": warning.level.value,
+        "event": warning.event,
+        "areas": list(warning.area_codes),
+        "expires": warning.expires.isoformat(),
+        "supersedes": supersedes,
+        "cancels": cancels,
+    }

@@ -1,0 +1,298 @@
+"""The planner against a small hand-made directory whose every expected delivery is known."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from dispatcher.config import load_policy
+from dispatcher.domain import Level, MsgType, Role, Status, WarningRecord, roles_to_mask
+from dispatcher.plan_view import build_plan_view
+from dispatcher.planner import plan_statements
+from dispatcher.policy import Policy
+from dispatcher.store.sqlite import SqliteStore, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+CITY = "611000000000"
+COUNTY_A = "611002000000"
+COUNTY_B = "611021000000"
+TOWN_A1 = "611002001000"
+VILLAGE_A1a = "611002001001"
+VILLAGE_A1b = "611002001002"
+TOWN_B1 = "611021001000"
+VILLAGE_B1a = "611021001001"
+
+GM = roles_to_mask({Role.GRID_MEMBER})
+CADRE = roles_to_mask({Role.VILLAGE_CADRE})
+
+
+def _fill(db: Path) -> None:
+    conn = connect(db)
+    areas = [
+        (CITY, "商洛市", "city", None),
+        (COUNTY_A, "商州区", "county", CITY),
+        (COUNTY_B, "洛南县", "county", CITY),
+        (TOWN_A1, "大荆镇", "town", COUNTY_A),
+        (VILLAGE_A1a, "东村", "village", TOWN_A1),
+        (VILLAGE_A1b, "西村", "village", TOWN_A1),
+        (TOWN_B1, "石门镇", "town", COUNTY_B),
+        (VILLAGE_B1a, "南村", "village", TOWN_B1),
+    ]
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO areas VALUES (?,?,?,?)", areas)
+    parents = {a[0]: a[3] for a in areas}
+    for code in parents:
+        node: str | None = code
+        depth = 0
+        while node is not None:
+            conn.execute("INSERT INTO area_closure VALUES (?,?,?)", (node, code, depth))
+            node, depth = parents[node], depth + 1
+    conn.executemany(
+        "INSERT INTO grids VALUES (?,?,?)",
+        [("g-a", VILLAGE_A1a, "一组"), ("g-b", VILLAGE_A1b, "一组"), ("g-c", VILLAGE_B1a, "一组")],
+    )
+    conn.executemany(
+        "INSERT INTO households VALUES (?,?,?,?)",
+        [
+            ("h1", "g-a", VILLAGE_A1a, ""),
+            ("h2", "g-a", VILLAGE_A1a, ""),
+            ("h3", "g-b", VILLAGE_A1b, ""),
+            ("h4", "g-c", VILLAGE_B1a, ""),
+        ],
+    )
+    persons = [
+        # id, phone, household, village, roles, vulnerable, lives_alone
+        ("p01", "+8613800000001", "h1", VILLAGE_A1a, GM, 1, 0),  # grid member, also vulnerable
+        ("p02", "+8613800000002", "h1", VILLAGE_A1a, 0, 0, 0),
+        ("p03", None, "h1", VILLAGE_A1a, 0, 1, 0),  # no phone: reached by speakers only
+        ("p04", "+8613800000004", "h2", VILLAGE_A1a, 0, 1, 1),  # vulnerable, lives alone
+        ("p05", "+8613800000005", "h3", VILLAGE_A1b, CADRE, 0, 0),
+        ("p06", "+8613800000006", "h3", VILLAGE_A1b, GM, 0, 0),
+        ("p07", "+8613800000007", "h4", VILLAGE_B1a, GM, 0, 0),  # other county
+        ("p08", "+8613800000008", "h4", VILLAGE_B1a, 0, 0, 0),
+    ]
+    conn.executemany(
+        "INSERT INTO persons (id, name, phone, household_id, village_code, roles, vulnerable, "
+        "lives_alone) VALUES (?,?,?,?,?,?,?,?)",
+        [(p[0], f"人{p[0]}", *p[1:]) for p in persons],
+    )
+    conn.executemany(
+        "INSERT INTO grid_members VALUES (?,?)", [("g-a", "p01"), ("g-b", "p06"), ("g-c", "p07")]
+    )
+    devices = [
+        ("spk-a1a", "loudspeaker", VILLAGE_A1a, [VILLAGE_A1a]),
+        ("spk-a1b", "loudspeaker", VILLAGE_A1b, [VILLAGE_A1b]),
+        ("spk-b1a", "loudspeaker", VILLAGE_B1a, [VILLAGE_B1a]),
+        ("tx-a", "transmitter", COUNTY_A, [COUNTY_A]),  # county-wide transmitter
+        ("tx-a1", "transmitter", TOWN_A1, [VILLAGE_A1a, VILLAGE_A1b]),
+        ("mdm-a1", "modem", TOWN_A1, [TOWN_A1]),
+    ]
+    for dev_id, kind, area, serves in devices:
+        conn.execute(
+            "INSERT INTO devices (id, kind, name, adapter, address, area_code) "
+            "VALUES (?,?,?,?,?,?)",
+            (dev_id, kind, dev_id, kind, dev_id, area),
+        )
+        conn.executemany("INSERT INTO device_areas VALUES (?,?)", [(dev_id, s) for s in serves])
+    conn.execute("COMMIT")
+    conn.close()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> SqliteStore:
+    db = tmp_path / "t.db"
+    opened = await SqliteStore.open(db)
+    _fill(db)
+    yield opened  # type: ignore[misc]
+    await opened.close()
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    return load_policy(ROOT / "config" / "policy.toml")
+
+
+def _warning(
+    areas: tuple[str, ...], level: Level = Level.RED, msg_type: MsgType = MsgType.ALERT
+) -> WarningRecord:
+    now = datetime.now(UTC)
+    ident = f"w-{time.time_ns()}"
+    return WarningRecord(
+        id=ident,
+        identifier=ident,
+        sender="test@tocsin",
+        sent=now,
+        status=Status.EXERCISE,
+        msg_type=msg_type,
+        level=level,
+        event="暴雨",
+        headline="暴雨红色预警",
+        description="",
+        instruction="",
+        area_codes=areas,
+        expires=now + timedelta(hours=1),
+    )
+
+
+async def _plan(store: SqliteStore, policy: Policy, warning: WarningRecord) -> int:
+    await store.create_warning(warning, idempotency=None, now=time.time())
+    result = await store.execute_plan(
+        warning.id, plan_statements(warning, policy, now=time.time()), now=time.time()
+    )
+    assert result.planned
+    return result.deliveries
+
+
+def _rows(store: SqliteStore, warning_id: str) -> set[tuple[str, str, str, int]]:
+    conn = sqlite3.connect(store.path)
+    try:
+        return {
+            (r[0], r[1], r[2], r[3])
+            for r in conn.execute(
+                "SELECT target_id, channel, audience, priority FROM deliveries WHERE warning_id=?",
+                (warning_id,),
+            )
+        }
+    finally:
+        conn.close()
+
+
+async def test_red_village_warning_reaches_exactly_the_expected_targets(
+    store: SqliteStore, policy: Policy
+) -> None:
+    warning = _warning((VILLAGE_A1a,))
+    count = await _plan(store, policy, warning)
+    expected = {
+        # devices serving the village, or an area above it
+        ("spk-a1a", "speaker", "device", 0),
+        ("tx-a1", "transmitter", "device", 1),
+        ("tx-a", "transmitter", "device", 1),
+        ("mdm-a1", "modem", "device", 5),
+        # p01 is a grid member and vulnerable: once per channel, as a grid member
+        ("p01", "sms", "grid_member", 10),
+        ("p01", "voice", "grid_member", 10),
+        ("p02", "sms", "person", 40),
+        ("p04", "sms", "person", 20),
+        ("p04", "voice", "person", 20),
+    }
+    assert _rows(store, warning.id) == expected
+    assert count == len(expected)
+
+
+async def test_overlapping_targets_plan_each_target_once(
+    store: SqliteStore, policy: Policy
+) -> None:
+    warning = _warning((COUNTY_A, VILLAGE_A1a, TOWN_A1))
+    await _plan(store, policy, warning)
+    rows = _rows(store, warning.id)
+    keys = [(r[0], r[1]) for r in rows]
+    assert len(keys) == len(set(keys))
+    people = {r[0] for r in rows if r[2] != "device"}
+    assert people == {"p01", "p02", "p04", "p05", "p06"}  # not p03 (no phone), not county B
+    assert ("p05", "voice", "person", 15) in rows  # village cadre: sms and voice at red
+    assert {r[0] for r in rows if r[2] == "device"} == {"spk-a1a", "spk-a1b", "tx-a", "tx-a1",
+                                                       "mdm-a1"}
+
+
+async def test_blue_warning_texts_grid_members_only(store: SqliteStore, policy: Policy) -> None:
+    warning = _warning((CITY,), level=Level.BLUE)
+    await _plan(store, policy, warning)
+    assert _rows(store, warning.id) == {
+        ("p01", "sms", "grid_member", 10),
+        ("p06", "sms", "grid_member", 10),
+        ("p07", "sms", "grid_member", 10),
+    }
+
+
+async def test_cancel_is_planned_to_devices_only(store: SqliteStore, policy: Policy) -> None:
+    warning = _warning((VILLAGE_B1a,), msg_type=MsgType.CANCEL)
+    await _plan(store, policy, warning)
+    assert {(r[0], r[2]) for r in _rows(store, warning.id)} == {("spk-b1a", "device")}
+
+
+async def test_households_rule_picks_one_member_with_a_phone(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    policy_file = tmp_path / "policy.toml"
+    rules = '[[levels.{0}.rules]]\naudience = "households"\nchannels = ["sms"]\n'
+    policy_file.write_text("".join(f"[levels.{lv}]\n" + rules.format(lv) for lv in
+                                   ("red", "orange", "yellow", "blue")))
+    warning = _warning((COUNTY_A,))
+    await _plan(store, load_policy(policy_file), warning)
+    # h1 → p01 (p01 < p02; p03 has no phone), h2 → p04, h3 → p05
+    assert {r[0] for r in _rows(store, warning.id)} == {"p01", "p04", "p05"}
+    assert {r[2] for r in _rows(store, warning.id)} == {"household"}
+
+
+async def test_plan_counts_roll_up_the_area_tree(store: SqliteStore, policy: Policy) -> None:
+    warning = _warning((CITY,))
+    total = await _plan(store, policy, warning)
+    counts = await store.plan_counts(warning.id)
+    assert sum(c.count for c in counts) == total
+    areas = await store.areas_with_ancestors([c.area_code for c in counts])
+    view = build_plan_view(counts, areas)
+    by_code = {a["code"]: a for a in view["areas"]}
+    assert view["total"] == total
+    assert by_code[CITY]["total"] == total
+    assert by_code[COUNTY_A]["total"] + by_code[COUNTY_B]["total"] == total
+    # county B: one speaker, grid member p07 by sms and voice, p08 by sms
+    assert by_code[COUNTY_B]["by_audience"] == {
+        "device": {"speaker": 1},
+        "grid_member": {"sms": 1, "voice": 1},
+        "person": {"sms": 1},
+    }
+    # the town-level modem and the county transmitter are counted where they are installed
+    assert by_code[TOWN_A1]["by_audience"]["device"] == {"speaker": 2, "transmitter": 1,
+                                                         "modem": 1}
+    assert by_code[COUNTY_A]["by_audience"]["device"]["transmitter"] == 2
+    county_only = build_plan_view(counts, areas, deepest="county")
+    assert {a["level"] for a in county_only["areas"]} == {"city", "county"}
+
+
+async def test_planning_twice_creates_nothing_more(store: SqliteStore, policy: Policy) -> None:
+    warning = _warning((VILLAGE_A1a,))
+    first = await _plan(store, policy, warning)
+    again = await store.execute_plan(
+        warning.id, plan_statements(warning, policy, now=time.time()), now=time.time()
+    )
+    assert not again.planned
+    assert sum((await store.delivery_state_counts(warning.id)).values()) == first
+
+
+async def test_update_supersedes_pending_deliveries_at_once(
+    store: SqliteStore, policy: Policy
+) -> None:
+    old = _warning((VILLAGE_A1a,))
+    planned = await _plan(store, policy, old)
+    new = _warning((VILLAGE_A1a,), msg_type=MsgType.UPDATE)
+    await store.create_warning(new, idempotency=None, supersedes=[old.id], now=time.time())
+    assert await store.delivery_state_counts(old.id) == {"superseded": planned}
+    stored_old = await store.get_warning(old.id)
+    assert stored_old is not None
+    assert stored_old.state.value == "superseded"
+    events = await store.warning_events(old.id, limit=1000)
+    per_delivery = [e for e in events if e.delivery_id is not None]
+    assert len(per_delivery) == planned
+    assert {e.state for e in per_delivery} == {"superseded"}
+    # a superseded warning is never planned again
+    retry = await store.execute_plan(
+        old.id, plan_statements(old, policy, now=time.time()), now=time.time()
+    )
+    assert not retry.planned
+
+
+async def test_delivery_events_are_append_only(store: SqliteStore, policy: Policy) -> None:
+    warning = _warning((VILLAGE_A1a,))
+    await _plan(store, policy, warning)
+    conn = sqlite3.connect(store.path)
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("UPDATE delivery_events SET state = 'x'")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("DELETE FROM delivery_events")
+    finally:
+        conn.close()
