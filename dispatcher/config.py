@@ -169,7 +169,7 @@ def _validation_problems(path: Path, error: ValidationError) -> list[str]:
     problems = []
     for item in error.errors(include_url=False, include_input=False):
         loc = tuple(p for p in item["loc"] if not str(p).startswith("function-"))
-        msg = item["msg"]
+        msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling against the production template)"
         problems.append(f"{path}: {_format_loc(loc)}: {msg}")

@@ -1,0 +1,190 @@
+"""Config and policy loading: every error names the file, the key and what is wrong; secrets
+are resolved from references and never shown."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dispatcher.cli import main as cli_main
+from dispatcher.config import ConfigError, load_config, load_policy
+from dispatcher.durations import parse_duration
+from dispatcher.secrets import SecretError, resolve_secret
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _config_dir(tmp_path: Path, body: str) -> Path:
+    shutil.copy(ROOT / "config" / "policy.toml", tmp_path / "policy.toml")
+    path = tmp_path / "tocsin.toml"
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def _problems(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value.problems
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "production.toml"])
+def test_shipped_configs_are_valid(name: str, monkeypatch: pytest.MonkeyPatch,
+                                   tmp_path: Path) -> None:
+    if name == "production.toml":
+        # The template reads its token hash from systemd credentials and its CSVs from /etc.
+        creds = tmp_path / "creds"
+        creds.mkdir()
+        (creds / "tocsin-token-duty-desk-1").write_text("ab" * 32 + "\n")
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+        text = (ROOT / "config" / name).read_text(encoding="utf-8")
+        text = text.replace('csv_dir = "/etc/tocsin/directory"', f'csv_dir = "{tmp_path}"')
+        text = text.replace('file = "/etc/tocsin/policy.toml"',
+                            f'file = "{ROOT / "config" / "policy.toml"}"')
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+    else:
+        path = ROOT / "config" / name
+    config = load_config(path)
+    assert config.tokens
+    assert set(config.policy.levels) == {"red", "orange", "yellow", "blue"}
+
+
+def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    path = _config_dir(tmp_path, "[server]\nhots = '0.0.0.0'\n")
+    assert _problems(path) == [f"{path}: server.hots: unknown key (check the spelling against "
+                               "the production template)"]
+
+
+def test_wrong_type_names_the_key(tmp_path: Path) -> None:
+    path = _config_dir(tmp_path, "[server]\nport = 'eighty'\n")
+    (problem,) = _problems(path)
+    assert problem.startswith(f"{path}: server.port: ")
+    assert "integer" in problem
+
+
+def test_toml_syntax_error_names_line(tmp_path: Path) -> None:
+    path = _config_dir(tmp_path, "[server]\nport = \n")
+    (problem,) = _problems(path)
+    assert problem.startswith(f"{path}: not valid TOML")
+    assert "line 2" in problem
+
+
+def test_token_errors_are_all_reported(tmp_path: Path) -> None:
+    path = _config_dir(
+        tmp_path,
+        "[[api.tokens]]\nname='a'\nrole='chief'\nsha256='" + "0" * 64 + "'\n"
+        "[[api.tokens]]\nname='b'\nrole='admin'\n",
+    )
+    problems = _problems(path)
+    assert any("api.tokens[0].role" in p and "duty_officer" in p for p in problems)
+    assert any("api.tokens[1]" in p and "exactly one of sha256 or sha256_secret" in p
+               for p in problems)
+
+
+def test_policy_error_names_policy_file_and_key(tmp_path: Path) -> None:
+    path = _config_dir(tmp_path, "")
+    (tmp_path / "policy.toml").write_text(
+        "[levels.red]\n[[levels.red.rules]]\naudience='everyone'\nchannels=['speaker']\n"
+    )
+    problems = _problems(path)
+    assert any(p.startswith(f"{tmp_path / 'policy.toml'}: levels.red.rules[0]") and
+               "speaker is for devices" in p for p in problems)
+
+
+def test_policy_must_cover_every_level(tmp_path: Path) -> None:
+    bad = tmp_path / "p.toml"
+    bad.write_text("[levels.red]\n[[levels.red.rules]]\naudience='everyone'\nchannels=['sms']\n")
+    with pytest.raises(ConfigError) as info:
+        load_policy(bad)
+    assert info.value.problems == [
+        f"{bad}: (top level): the policy has no entry for level(s) orange, "
+        "yellow, blue"
+    ]
+
+
+def test_missing_policy_file(tmp_path: Path) -> None:
+    path = _config_dir(tmp_path, "[policy]\nfile = 'nope.toml'\n")
+    (problem,) = _problems(path)
+    assert "nope.toml: file does not exist" in problem
+
+
+def test_policy_duration_and_attempts_validated(tmp_path: Path) -> None:
+    bad = tmp_path / "p.toml"
+    bad.write_text("\n".join(
+        f"[levels.{lv}]\nack_timeout='ten minutes'\nmax_attempts=0\n"
+        f"[[levels.{lv}.rules]]\naudience='devices'\ndevice_kinds=['loudspeaker']"
+        for lv in ("red", "orange", "yellow", "blue")))
+    with pytest.raises(ConfigError) as info:
+        load_policy(bad)
+    text = "\n".join(info.value.problems)
+    assert "levels.red.ack_timeout" in text and "'ten minutes' is not a duration" in text
+    assert "levels.red.max_attempts" in text
+
+
+def test_token_hash_from_secret_file_is_never_shown(tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"s3cret-token").hexdigest()
+    (tmp_path / "token.hash").write_text(digest + "\n")
+    path = _config_dir(
+        tmp_path, "[[api.tokens]]\nname='desk'\nrole='duty_officer'\n"
+        "sha256_secret='file:token.hash'\n")
+    config = load_config(path)
+    (token,) = config.tokens
+    assert token.matches("s3cret-token")
+    assert not token.matches("s3cret-tokeN")
+    assert digest not in repr(config)
+    assert digest not in str(token)
+
+
+def test_secret_reference_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOCSIN_NO_SUCH", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(SecretError, match="not a secret reference"):
+        resolve_secret("hunter2")
+    with pytest.raises(SecretError, match="TOCSIN_NO_SUCH is not set"):
+        resolve_secret("env:TOCSIN_NO_SUCH")
+    with pytest.raises(SecretError, match="CREDENTIALS_DIRECTORY is not set"):
+        resolve_secret("credential:x")
+    with pytest.raises(SecretError, match="does not exist"):
+        resolve_secret(f"file:{tmp_path / 'missing'}")
+    monkeypatch.setenv("TOCSIN_SECRET", "value-1")
+    assert resolve_secret("env:TOCSIN_SECRET").get_secret_value() == "value-1"
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    (tmp_path / "cred").write_text("value-2\n")
+    secret = resolve_secret("credential:cred")
+    assert secret.get_secret_value() == "value-2"
+    assert "value-2" not in repr(secret)
+
+
+def test_secret_reference_problem_in_config(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOCSIN_TOKEN_HASH", raising=False)
+    path = _config_dir(tmp_path, "[[api.tokens]]\nname='desk'\nrole='admin'\n"
+                                 "sha256_secret='env:TOCSIN_TOKEN_HASH'\n")
+    assert _problems(path) == [
+        f"{path}: api.tokens[0].sha256_secret: environment variable TOCSIN_TOKEN_HASH is not set"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("10m", 600), ("1h30m", 5400), ("2d", 172800), (5, 5),
+                          ("250ms", 0.25)]
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10", "m10", "10 minutes", "-5s", True])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["check-config", str(ROOT / "config" / "demo.toml")]) == 0
+    assert "OK" in capsys.readouterr().out
+    path = _config_dir(tmp_path, "[store]\npaht = 'x'\n")
+    assert cli_main(["check-config", str(path)]) == 2
+    assert f"{path}: store.paht: unknown key" in capsys.readouterr().err
