@@ -221,9 +221,8 @@ def load_config(path: str | Path) -> LoadedConfig:
         if token.sha256 is not None:
             tokens.append(ApiToken(token.name, token.role, SecretStr(token.sha256)))
             continue
-        assert token.sha256_secret is not None
         try:
-            digest = resolve_secret(token.sha256_secret, base_dir=base)
+            digest = resolve_secret(token.sha256_secret or "", base_dir=base)
         except SecretError as exc:
             problems.append(f"{config_path}: api.tokens[{index}].sha256_secret: {exc}")
             continue

@@ -67,9 +67,7 @@ def _person_predicate(selector: AudienceSelector) -> str:
     raise ValueError(f"no person predicate for {selector}")
 
 
-def plan_statements(
-    warning: WarningRecord, policy: Policy, *, now: float
-) -> list[SqlStatement]:
+def plan_statements(warning: WarningRecord, policy: Policy, *, now: float) -> list[SqlStatement]:
     """The statements that create ``warning``'s deliveries.
 
     A Cancel is sent to the devices only (so loudspeakers and transmitters stop); people are

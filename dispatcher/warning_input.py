@@ -67,9 +67,7 @@ class Category(enum.StrEnum):
 
 
 #: CAP forbids whitespace, commas and "<" / "&" in identifiers and senders.
-CapToken = Annotated[
-    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\s,<&]+$")
-]
+CapToken = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\s,<&]+$")]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 LongText = Annotated[str, StringConstraints(max_length=4000)]
 
@@ -105,9 +103,9 @@ class WarningInput(BaseModel):
         "zh-CN"
     )
     note: Annotated[str, StringConstraints(max_length=1000)] = ""
-    audio_url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=1000)] | None = (
-        None
-    )
+    audio_url: (
+        Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=1000)] | None
+    ) = None
     audio_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 

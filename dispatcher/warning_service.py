@@ -167,7 +167,8 @@ class WarningService:
 
         if not result.created:
             existing = await self._store.get_warning(result.warning_id)
-            assert existing is not None  # idempotency rows reference stored warnings
+            if existing is None:  # idempotency rows reference stored warnings
+                raise RuntimeError(f"idempotency key points at missing {result.warning_id}")
             return Submission(existing, created=False)
 
         await self._store.append_audit(

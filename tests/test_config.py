@@ -31,8 +31,9 @@ def _problems(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("name", ["demo.toml", "production.toml"])
-def test_shipped_configs_are_valid(name: str, monkeypatch: pytest.MonkeyPatch,
-                                   tmp_path: Path) -> None:
+def test_shipped_configs_are_valid(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     if name == "production.toml":
         # The template reads its token hash from systemd credentials and its CSVs from /etc.
         creds = tmp_path / "creds"
@@ -41,8 +42,9 @@ def test_shipped_configs_are_valid(name: str, monkeypatch: pytest.MonkeyPatch,
         monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
         text = (ROOT / "config" / name).read_text(encoding="utf-8")
         text = text.replace('csv_dir = "/etc/tocsin/directory"', f'csv_dir = "{tmp_path}"')
-        text = text.replace('file = "/etc/tocsin/policy.toml"',
-                            f'file = "{ROOT / "config" / "policy.toml"}"')
+        text = text.replace(
+            'file = "/etc/tocsin/policy.toml"', f'file = "{ROOT / "config" / "policy.toml"}"'
+        )
         path = tmp_path / name
         path.write_text(text, encoding="utf-8")
     else:
@@ -54,8 +56,9 @@ def test_shipped_configs_are_valid(name: str, monkeypatch: pytest.MonkeyPatch,
 
 def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
     path = _config_dir(tmp_path, "[server]\nhots = '0.0.0.0'\n")
-    assert _problems(path) == [f"{path}: server.hots: unknown key (check the spelling against "
-                               "the production template)"]
+    assert _problems(path) == [
+        f"{path}: server.hots: unknown key (check the spelling against the production template)"
+    ]
 
 
 def test_wrong_type_names_the_key(tmp_path: Path) -> None:
@@ -80,8 +83,9 @@ def test_token_errors_are_all_reported(tmp_path: Path) -> None:
     )
     problems = _problems(path)
     assert any("api.tokens[0].role" in p and "duty_officer" in p for p in problems)
-    assert any("api.tokens[1]" in p and "exactly one of sha256 or sha256_secret" in p
-               for p in problems)
+    assert any(
+        "api.tokens[1]" in p and "exactly one of sha256 or sha256_secret" in p for p in problems
+    )
 
 
 def test_policy_error_names_policy_file_and_key(tmp_path: Path) -> None:
@@ -90,8 +94,11 @@ def test_policy_error_names_policy_file_and_key(tmp_path: Path) -> None:
         "[levels.red]\n[[levels.red.rules]]\naudience='everyone'\nchannels=['speaker']\n"
     )
     problems = _problems(path)
-    assert any(p.startswith(f"{tmp_path / 'policy.toml'}: levels.red.rules[0]") and
-               "speaker is for devices" in p for p in problems)
+    assert any(
+        p.startswith(f"{tmp_path / 'policy.toml'}: levels.red.rules[0]")
+        and "speaker is for devices" in p
+        for p in problems
+    )
 
 
 def test_policy_must_cover_every_level(tmp_path: Path) -> None:
@@ -100,8 +107,7 @@ def test_policy_must_cover_every_level(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_policy(bad)
     assert info.value.problems == [
-        f"{bad}: (top level): the policy has no entry for level(s) orange, "
-        "yellow, blue"
+        f"{bad}: (top level): the policy has no entry for level(s) orange, yellow, blue"
     ]
 
 
@@ -113,10 +119,13 @@ def test_missing_policy_file(tmp_path: Path) -> None:
 
 def test_policy_duration_and_attempts_validated(tmp_path: Path) -> None:
     bad = tmp_path / "p.toml"
-    bad.write_text("\n".join(
-        f"[levels.{lv}]\nack_timeout='ten minutes'\nmax_attempts=0\n"
-        f"[[levels.{lv}.rules]]\naudience='devices'\ndevice_kinds=['loudspeaker']"
-        for lv in ("red", "orange", "yellow", "blue")))
+    bad.write_text(
+        "\n".join(
+            f"[levels.{lv}]\nack_timeout='ten minutes'\nmax_attempts=0\n"
+            f"[[levels.{lv}.rules]]\naudience='devices'\ndevice_kinds=['loudspeaker']"
+            for lv in ("red", "orange", "yellow", "blue")
+        )
+    )
     with pytest.raises(ConfigError) as info:
         load_policy(bad)
     text = "\n".join(info.value.problems)
@@ -128,8 +137,9 @@ def test_token_hash_from_secret_file_is_never_shown(tmp_path: Path) -> None:
     digest = hashlib.sha256(b"s3cret-token").hexdigest()
     (tmp_path / "token.hash").write_text(digest + "\n")
     path = _config_dir(
-        tmp_path, "[[api.tokens]]\nname='desk'\nrole='duty_officer'\n"
-        "sha256_secret='file:token.hash'\n")
+        tmp_path,
+        "[[api.tokens]]\nname='desk'\nrole='duty_officer'\nsha256_secret='file:token.hash'\n",
+    )
     config = load_config(path)
     (token,) = config.tokens
     assert token.matches("s3cret-token")
@@ -158,19 +168,22 @@ def test_secret_reference_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert "value-2" not in repr(secret)
 
 
-def test_secret_reference_problem_in_config(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_reference_problem_in_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("TOCSIN_TOKEN_HASH", raising=False)
-    path = _config_dir(tmp_path, "[[api.tokens]]\nname='desk'\nrole='admin'\n"
-                                 "sha256_secret='env:TOCSIN_TOKEN_HASH'\n")
+    path = _config_dir(
+        tmp_path,
+        "[[api.tokens]]\nname='desk'\nrole='admin'\nsha256_secret='env:TOCSIN_TOKEN_HASH'\n",
+    )
     assert _problems(path) == [
         f"{path}: api.tokens[0].sha256_secret: environment variable TOCSIN_TOKEN_HASH is not set"
     ]
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("90s", 90), ("10m", 600), ("1h30m", 5400), ("2d", 172800), (5, 5),
-                          ("250ms", 0.25)]
+    ("text", "seconds"),
+    [("90s", 90), ("10m", 600), ("1h30m", 5400), ("2d", 172800), (5, 5), ("250ms", 0.25)],
 )
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds

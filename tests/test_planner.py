@@ -194,8 +194,13 @@ async def test_overlapping_targets_plan_each_target_once(
     people = {r[0] for r in rows if r[2] != "device"}
     assert people == {"p01", "p02", "p04", "p05", "p06"}  # not p03 (no phone), not county B
     assert ("p05", "voice", "person", 15) in rows  # village cadre: sms and voice at red
-    assert {r[0] for r in rows if r[2] == "device"} == {"spk-a1a", "spk-a1b", "tx-a", "tx-a1",
-                                                       "mdm-a1"}
+    assert {r[0] for r in rows if r[2] == "device"} == {
+        "spk-a1a",
+        "spk-a1b",
+        "tx-a",
+        "tx-a1",
+        "mdm-a1",
+    }
 
 
 async def test_blue_warning_texts_grid_members_only(store: SqliteStore, policy: Policy) -> None:
@@ -219,8 +224,9 @@ async def test_households_rule_picks_one_member_with_a_phone(
 ) -> None:
     policy_file = tmp_path / "policy.toml"
     rules = '[[levels.{0}.rules]]\naudience = "households"\nchannels = ["sms"]\n'
-    policy_file.write_text("".join(f"[levels.{lv}]\n" + rules.format(lv) for lv in
-                                   ("red", "orange", "yellow", "blue")))
+    policy_file.write_text(
+        "".join(f"[levels.{lv}]\n" + rules.format(lv) for lv in ("red", "orange", "yellow", "blue"))
+    )
     warning = _warning((COUNTY_A,))
     await _plan(store, load_policy(policy_file), warning)
     # h1 → p01 (p01 < p02; p03 has no phone), h2 → p04, h3 → p05
@@ -246,8 +252,7 @@ async def test_plan_counts_roll_up_the_area_tree(store: SqliteStore, policy: Pol
         "person": {"sms": 1},
     }
     # the town-level modem and the county transmitter are counted where they are installed
-    assert by_code[TOWN_A1]["by_audience"]["device"] == {"speaker": 2, "transmitter": 1,
-                                                         "modem": 1}
+    assert by_code[TOWN_A1]["by_audience"]["device"] == {"speaker": 2, "transmitter": 1, "modem": 1}
     assert by_code[COUNTY_A]["by_audience"]["device"]["transmitter"] == 2
     county_only = build_plan_view(counts, areas, deepest="county")
     assert {a["level"] for a in county_only["areas"]} == {"city", "county"}

@@ -177,7 +177,9 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> CreateResult:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = self._create_warning_tx(conn, warning, idempotency, supersedes, cancels, now)
+                result = self._create_warning_tx(
+                    conn, warning, idempotency, supersedes, cancels, now
+                )
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -274,7 +276,9 @@ class SqliteStore:
 
     async def get_warning(self, warning_id: str) -> WarningRecord | None:
         def run(conn: sqlite3.Connection) -> WarningRecord | None:
-            row = conn.execute(f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE id = ?", (warning_id,))
+            row = conn.execute(
+                f"SELECT {_WARNING_COLUMNS} FROM warnings WHERE id = ?", (warning_id,)
+            )
             found = row.fetchone()
             return _warning_from_row(found) if found else None
 

@@ -1,0 +1,300 @@
+"""The `tocsin` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from dispatcher.config import ConfigError, hash_token, load_config
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tocsin", description="Tocsin emergency-warning broadcast dispatcher"
+    )
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument(
+        "--config", "-c", default=os.environ.get("TOCSIN_CONFIG", "config/demo.toml")
+    )
+    serve.add_argument("--port", type=int, help="override server.port (0 picks a free port)")
+    serve.set_defaults(handler=_cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a config file and its policy")
+    check.add_argument("path")
+    check.set_defaults(handler=_cmd_check_config)
+
+    token = sub.add_parser("token", help="API tokens")
+    token_sub = token.add_subparsers(metavar="ACTION")
+    token_new = token_sub.add_parser("new", help="create a token; prints it once and its hash")
+    token_new.add_argument("name")
+    token_new.add_argument("role", choices=["duty_officer", "operator", "installer", "admin"])
+    token_new.set_defaults(handler=_cmd_token_new)
+
+    directory = sub.add_parser("directory", help="import or export the directory CSV files")
+    dir_sub = directory.add_subparsers(metavar="ACTION")
+    dir_import = dir_sub.add_parser("import", help="import CSV files from a folder")
+    dir_import.add_argument("folder")
+    dir_import.add_argument(
+        "--config", "-c", default=os.environ.get("TOCSIN_CONFIG", "config/demo.toml")
+    )
+    dir_import.add_argument(
+        "--skip-bad-rows",
+        action="store_true",
+        help="import the good rows of files that have errors",
+    )
+    dir_import.add_argument("--no-progress", action="store_true")
+    dir_import.set_defaults(handler=_cmd_directory_import)
+    dir_export = dir_sub.add_parser("export", help="export the directory as CSV files")
+    dir_export.add_argument("folder")
+    dir_export.add_argument(
+        "--config", "-c", default=os.environ.get("TOCSIN_CONFIG", "config/demo.toml")
+    )
+    dir_export.set_defaults(handler=_cmd_directory_export)
+    dir_gen = dir_sub.add_parser("generate", help="write a synthetic city's CSV files")
+    dir_gen.add_argument("folder")
+    dir_gen.add_argument("--preset", choices=["shangluo", "demo"], default="demo")
+    dir_gen.set_defaults(handler=_cmd_directory_generate)
+
+    warn = sub.add_parser("warn", help="post a warning to a running daemon")
+    warn.add_argument("file", nargs="?", help="a JSON body or a CAP 1.2 XML file ('-' for stdin)")
+    warn.add_argument("--level", choices=["red", "orange", "yellow", "blue"])
+    warn.add_argument("--event")
+    warn.add_argument("--headline")
+    warn.add_argument("--description", default="")
+    warn.add_argument("--instruction", default="")
+    warn.add_argument("--area", action="append", default=[], help="area code (repeatable)")
+    warn.add_argument("--expires", help="ISO 8601 time with offset")
+    warn.add_argument("--status", default="Actual", choices=["Actual", "Exercise", "Test"])
+    warn.add_argument("--idempotency-key")
+    _client_options(warn)
+    warn.set_defaults(handler=_cmd_warn)
+
+    status = sub.add_parser("status", help="show a warning, its plan and progress")
+    status.add_argument("warning_id")
+    status.add_argument("--depth", default="county", choices=["county", "town", "village"])
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    _client_options(status)
+    status.set_defaults(handler=_cmd_status)
+
+    cancel = sub.add_parser("cancel", help="cancel a warning")
+    cancel.add_argument("warning_id")
+    cancel.add_argument("--note", default="")
+    _client_options(cancel)
+    cancel.set_defaults(handler=_cmd_cancel)
+    return parser
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("TOCSIN_URL", DEFAULT_URL))
+    parser.add_argument("--token-file", help="file holding the API token (default: $TOCSIN_TOKEN)")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dispatcher.daemon import serve
+    from dispatcher.logging_setup import configure_logging
+
+    config = load_config(args.config)
+    if args.port is not None:
+        server = config.settings.server.model_copy(update={"port": args.port})
+        settings = config.settings.model_copy(update={"server": server})
+        config = config.__class__(**{**_fields(config), "settings": settings})
+    configure_logging(config.settings.logging.level)
+    asyncio.run(serve(config))
+    return 0
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.path)
+    print(f"{config.path}: OK")
+    levels = ", ".join(lv.value for lv in config.policy.levels)
+    print(f"  policy {config.policy_path}: levels {levels}")
+    print(f"  store {config.store_path}")
+    print(
+        f"  {len(config.tokens)} API token(s): "
+        + ", ".join(f"{t.name} ({t.role.value})" for t in config.tokens)
+    )
+    return 0
+
+
+def _cmd_token_new(args: argparse.Namespace) -> int:
+    token = secrets.token_urlsafe(32)
+    print(f"token (shown once, give it to {args.name}): {token}", file=sys.stderr)
+    print("[[api.tokens]]")
+    print(f'name = "{args.name}"')
+    print(f'role = "{args.role}"')
+    print(f'sha256 = "{hash_token(token)}"')
+    return 0
+
+
+def _cmd_directory_import(args: argparse.Namespace) -> int:
+    from dispatcher.directory.importer import import_directory
+
+    config = load_config(args.config)
+    report = import_directory(
+        config.store_path,
+        Path(args.folder),
+        skip_bad_rows=args.skip_bad_rows,
+        progress=not args.no_progress,
+    )
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _cmd_directory_export(args: argparse.Namespace) -> int:
+    from dispatcher.directory.exporter import export_directory
+
+    config = load_config(args.config)
+    export_directory(config.store_path, Path(args.folder))
+    print(f"exported to {args.folder}")
+    return 0
+
+
+def _cmd_directory_generate(args: argparse.Namespace) -> int:
+    from dispatcher.config import SyntheticDirectoryConfig
+    from dispatcher.synthetic import SHANGLUO, write_csv
+
+    params = SHANGLUO if args.preset == "shangluo" else SyntheticDirectoryConfig()
+    write_csv(params, Path(args.folder))
+    print(f"wrote synthetic directory to {args.folder}")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> str:
+    if args.token_file:
+        return Path(args.token_file).read_text(encoding="utf-8").strip()
+    token = os.environ.get("TOCSIN_TOKEN")
+    if not token:
+        raise SystemExit("no API token: set TOCSIN_TOKEN or pass --token-file")
+    return token
+
+
+def _cmd_warn(args: argparse.Namespace) -> int:
+    headers = {"Authorization": f"Bearer {_token(args)}"}
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    if args.file:
+        raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        is_xml = raw.lstrip().startswith(b"<")
+        headers["Content-Type"] = "application/cap+xml" if is_xml else "application/json"
+        body = raw
+    else:
+        missing = [n for n in ("level", "event", "headline") if getattr(args, n) is None]
+        if missing or not args.area:
+            raise SystemExit("give a FILE, or --level, --event, --headline and --area")
+        payload: dict[str, Any] = {
+            "level": args.level,
+            "event": args.event,
+            "headline": args.headline,
+            "description": args.description,
+            "instruction": args.instruction,
+            "area_codes": args.area,
+            "status": args.status,
+        }
+        if args.expires:
+            payload["expires"] = args.expires
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        headers["Content-Type"] = "application/json"
+    status, data = asyncio.run(_request("POST", f"{args.url}/v1/warnings", headers, body))
+    print(json.dumps(data, ensure_ascii=False, indent=2))
+    return 0 if status < 300 else 1
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    headers = {"Authorization": f"Bearer {_token(args)}", "Content-Type": "application/json"}
+    body = json.dumps({"note": args.note}, ensure_ascii=False).encode()
+    url = f"{args.url}/v1/warnings/{args.warning_id}/cancel"
+    status, data = asyncio.run(_request("POST", url, headers, body))
+    print(json.dumps(data, ensure_ascii=False, indent=2))
+    return 0 if status < 300 else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    headers = {"Authorization": f"Bearer {_token(args)}"}
+    base = f"{args.url}/v1/warnings/{args.warning_id}"
+    status, warning = asyncio.run(_request("GET", base, headers, None))
+    if status >= 300:
+        print(json.dumps(warning, ensure_ascii=False, indent=2), file=sys.stderr)
+        return 1
+    _, plan = asyncio.run(_request("GET", f"{base}/plan?depth={args.depth}", headers, None))
+    if args.json:
+        print(json.dumps({"warning": warning, "plan": plan}, ensure_ascii=False, indent=2))
+        return 0
+    print(_format_status(warning, plan))
+    return 0
+
+
+def _format_status(warning: dict[str, Any], plan: dict[str, Any]) -> str:
+    lines = [
+        f"{warning.get('id')}  {warning.get('status')} {warning.get('msg_type')}  "
+        f"level {warning.get('level')}  state {warning.get('state')}",
+        f"  {warning.get('event')}: {warning.get('headline')}",
+        f"  expires {warning.get('expires')}",
+    ]
+    counts = warning.get("delivery_counts") or {}
+    if counts:
+        lines.append("  deliveries: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if not plan.get("planned", True):
+        lines.append("  plan: pending")
+        return "\n".join(lines)
+    lines.append(f"  plan: {plan.get('total', 0)} deliveries")
+    for audience, channels in (plan.get("by_audience") or {}).items():
+        lines.append(
+            f"    {audience:<12} " + ", ".join(f"{ch} {n}" for ch, n in sorted(channels.items()))
+        )
+    for area in plan.get("areas") or []:
+        indent = {"province": 2, "city": 2, "county": 4, "town": 6, "village": 8}.get(
+            area.get("level", ""), 4
+        )
+        lines.append(f"{' ' * indent}{area.get('code')} {area.get('name')}: {area.get('total')}")
+    return "\n".join(lines)
+
+
+async def _request(
+    method: str, url: str, headers: dict[str, str], body: bytes | None
+) -> tuple[int, Any]:
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.request(method, url, headers=headers, data=body) as response,
+    ):
+        try:
+            data = await response.json(content_type=None)
+        except ValueError:
+            data = {"body": await response.text()}
+        return response.status, data
+
+
+if __name__ == "__main__":
+    sys.exit(main())

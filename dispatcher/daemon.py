@@ -1,0 +1,114 @@
+"""`tocsin serve`: open the store, load the directory if it is empty, start the planner and the
+HTTP API, and run until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from dispatcher.api.app import ApiDeps, create_app
+from dispatcher.config import LoadedConfig
+from dispatcher.planning_worker import PlanningWorker
+from dispatcher.store.sqlite import SqliteStore
+from dispatcher.warning_service import WarningService
+
+log = structlog.get_logger(__name__)
+
+
+async def ensure_directory(config: LoadedConfig, store: SqliteStore) -> None:
+    """Fill an empty directory from the configured CSV folder or synthetic city."""
+    counts = await store.directory_counts()
+    if counts["areas"] > 0:
+        log.info("directory loaded", **counts)
+        return
+    if config.csv_dir is not None:
+        from dispatcher.directory.importer import import_directory
+
+        log.info("importing directory", folder=str(config.csv_dir))
+        report = await asyncio.to_thread(
+            import_directory, store.path, config.csv_dir, progress=False
+        )
+        if not report.ok:
+            raise RuntimeError(f"directory import from {config.csv_dir} failed:\n{report}")
+    elif config.settings.directory.synthetic is not None:
+        from dispatcher.synthetic import load_synthetic
+
+        log.info(
+            "generating synthetic directory", **config.settings.directory.synthetic.model_dump()
+        )
+        await asyncio.to_thread(
+            load_synthetic, store.path, config.settings.directory.synthetic, progress=False
+        )
+    else:
+        log.warning("the directory is empty: import one with `tocsin directory import`")
+        return
+    log.info("directory loaded", **(await store.directory_counts()))
+
+
+async def serve(
+    config: LoadedConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    on_listening: Callable[[int], Awaitable[None] | None] | None = None,
+) -> None:
+    """Run the daemon until ``stop`` is set or SIGTERM/SIGINT arrives."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+            loop.add_signal_handler(sig, stop.set)
+
+    async with AsyncExitStack() as stack:
+        store = await SqliteStore.open(config.store_path)
+        stack.push_async_callback(store.close)
+        log.info("store open", path=str(config.store_path))
+        await ensure_directory(config, store)
+
+        planner = PlanningWorker(store, lambda: config.policy)
+        await planner.start()
+        stack.push_async_callback(planner.stop)
+        service = WarningService(store, config.settings.cap, on_created=planner.enqueue)
+
+        registry = CollectorRegistry()
+        app = create_app(
+            ApiDeps(
+                store=store,
+                warnings=service,
+                tokens=lambda: config.tokens,
+                max_body_bytes=config.settings.server.max_body_bytes,
+                ready=lambda: True,
+                registry=registry,
+            )
+        )
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=config.settings.server.shutdown_timeout,
+        )
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, config.settings.server.host, config.settings.server.port)
+        await site.start()
+        port = _bound_port(runner, config.settings.server.port)
+        log.info("listening", host=config.settings.server.host, port=port)
+        if on_listening is not None:
+            result = on_listening(port)
+            if result is not None:
+                await result
+        await stop.wait()
+        log.info("stopping")
+    log.info("stopped")
+
+
+def _bound_port(runner: web.AppRunner, configured: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return configured

@@ -1,0 +1,178 @@
+"""The daemon as a user runs it: `tocsin serve` on a config like the demo's, a warning posted over
+HTTP, its plan read back; SIGTERM stops it cleanly; an accepted but unplanned warning is planned
+after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DUTY = "demo-duty-officer"
+OPERATOR = "demo-operator"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _config(tmp_path: Path, port: int) -> Path:
+    shutil.copy(ROOT / "config" / "policy.toml", tmp_path / "policy.toml")
+    text = (ROOT / "config" / "demo.toml").read_text(encoding="utf-8")
+    text = text.replace("port = 8080", f"port = {port}")
+    text = text.replace('path = "../var/demo.db"', 'path = "tocsin.db"')
+    text = text.replace("towns_per_county = 4", "towns_per_county = 2")
+    text = text.replace("villages_per_town = 6", "villages_per_town = 3")
+    text = text.replace("households_per_grid = 25", "households_per_grid = 5")
+    path = tmp_path / "tocsin.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class Daemon:
+    def __init__(self, config: Path, port: int) -> None:
+        self.config = config
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOCSIN_")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher.cli", "serve", "--config", str(self.config)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                    raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{out}")
+                try:
+                    async with session.get(f"{self.url}/readyz") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError("daemon did not become ready within 60 s")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> tuple[int, str]:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=30)
+        return self.proc.returncode, out.decode()
+
+
+async def _call(
+    method: str, url: str, token: str, json: object | None = None
+) -> tuple[int, dict[str, object], dict[str, str]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, url, json=json, headers={"Authorization": f"Bearer {token}"}
+        ) as response,
+    ):
+        return response.status, await response.json(), dict(response.headers)
+
+
+async def _wait_planned(url: str, warning_id: str) -> dict[str, object]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status, plan, _ = await _call("GET", f"{url}/v1/warnings/{warning_id}/plan", OPERATOR)
+        if status == 200 and plan.get("planned", True) and plan.get("total"):
+            return plan
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"warning {warning_id} was not planned within 30 s")
+
+
+def _expected_red_deliveries(db: Path, county: str) -> int:
+    """Independent count for config/policy.toml's red level over a whole county."""
+    conn = sqlite3.connect(db)
+    try:
+        prefix = county[:6]
+        devices = conn.execute(
+            "SELECT count(DISTINCT d.id) FROM devices d JOIN device_areas da ON da.device_id = "
+            "d.id WHERE substr(da.area_code, 1, 6) = ? OR da.area_code IN (?, ?, ?)",
+            (prefix, county, county[:4] + "00000000", county[:2] + "0000000000"),
+        ).fetchone()[0]
+        with_phone = "phone IS NOT NULL AND substr(village_code, 1, 6) = ?"
+        sms = conn.execute(f"SELECT count(*) FROM persons WHERE {with_phone}", (prefix,))
+        voice = conn.execute(
+            f"SELECT count(*) FROM persons WHERE {with_phone} AND ((roles & 3) != 0 OR "
+            "vulnerable = 1 OR lives_alone = 1)",
+            (prefix,),
+        )
+        return int(devices) + int(sms.fetchone()[0]) + int(voice.fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+async def test_serve_post_plan_restart(tmp_path: Path) -> None:
+    port = _free_port()
+    daemon = Daemon(_config(tmp_path, port), port)
+    await daemon.start()
+    try:
+        status, body, headers = await _call(
+            "POST",
+            f"{daemon.url}/v1/warnings",
+            DUTY,
+            {
+                "level": "red",
+                "status": "Exercise",
+                "event": "暴雨",
+                "headline": "暴雨红色预警",
+                "area_codes": ["611002"],
+            },
+        )
+        assert status == 202, body
+        warning_id = str(body["id"])
+        assert headers["Location"] == f"/v1/warnings/{warning_id}"
+        plan = await _wait_planned(daemon.url, warning_id)
+        assert plan["total"] == _expected_red_deliveries(tmp_path / "tocsin.db", "611002000000")
+    finally:
+        code, output = daemon.stop()
+    assert code == 0, output
+    assert '"event": "stopped"' in output
+
+    # A warning accepted but never planned (a crash between the two) is planned on restart.
+    conn = sqlite3.connect(tmp_path / "tocsin.db")
+    conn.execute("PRAGMA foreign_keys = ON")
+    row = conn.execute("SELECT * FROM warnings WHERE id = ?", (warning_id,)).fetchone()
+    columns = [c[1] for c in conn.execute("PRAGMA table_info(warnings)")]
+    copy = dict(zip(columns, row, strict=True))
+    copy.update(id="crashed", identifier="crashed-1", planned_at=None)
+    conn.execute(
+        f"INSERT INTO warnings ({', '.join(copy)}) VALUES ({', '.join('?' * len(copy))})",
+        list(copy.values()),
+    )
+    conn.execute(
+        "INSERT INTO warning_areas SELECT 'crashed', area_code FROM warning_areas "
+        "WHERE warning_id = ?",
+        (warning_id,),
+    )
+    conn.commit()
+    conn.close()
+    await daemon.start()
+    try:
+        replanned = await _wait_planned(daemon.url, "crashed")
+        assert replanned["total"] == plan["total"]
+    finally:
+        code, output = daemon.stop(signal.SIGINT)
+    assert code == 0, output
