@@ -8,105 +8,31 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from small_directory import (
+    CITY,
+    COUNTY_A,
+    COUNTY_B,
+    TOWN_A1,
+    VILLAGE_A1a,
+    VILLAGE_B1a,
+    fill_small_directory,
+)
 
 from dispatcher.config import load_policy
-from dispatcher.domain import Level, MsgType, Role, Status, WarningRecord, roles_to_mask
+from dispatcher.domain import Level, MsgType, Status, WarningRecord
 from dispatcher.plan_view import build_plan_view
 from dispatcher.planner import plan_statements
 from dispatcher.policy import Policy
-from dispatcher.store.sqlite import SqliteStore, connect
+from dispatcher.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
-CITY = "611000000000"
-COUNTY_A = "611002000000"
-COUNTY_B = "611021000000"
-TOWN_A1 = "611002001000"
-VILLAGE_A1a = "611002001001"
-VILLAGE_A1b = "611002001002"
-TOWN_B1 = "611021001000"
-VILLAGE_B1a = "611021001001"
-
-GM = roles_to_mask({Role.GRID_MEMBER})
-CADRE = roles_to_mask({Role.VILLAGE_CADRE})
-
-
-def _fill(db: Path) -> None:
-    conn = connect(db)
-    areas = [
-        (CITY, "商洛市", "city", None),
-        (COUNTY_A, "商州区", "county", CITY),
-        (COUNTY_B, "洛南县", "county", CITY),
-        (TOWN_A1, "大荆镇", "town", COUNTY_A),
-        (VILLAGE_A1a, "东村", "village", TOWN_A1),
-        (VILLAGE_A1b, "西村", "village", TOWN_A1),
-        (TOWN_B1, "石门镇", "town", COUNTY_B),
-        (VILLAGE_B1a, "南村", "village", TOWN_B1),
-    ]
-    conn.execute("BEGIN")
-    conn.executemany("INSERT INTO areas VALUES (?,?,?,?)", areas)
-    parents = {a[0]: a[3] for a in areas}
-    for code in parents:
-        node: str | None = code
-        depth = 0
-        while node is not None:
-            conn.execute("INSERT INTO area_closure VALUES (?,?,?)", (node, code, depth))
-            node, depth = parents[node], depth + 1
-    conn.executemany(
-        "INSERT INTO grids VALUES (?,?,?)",
-        [("g-a", VILLAGE_A1a, "一组"), ("g-b", VILLAGE_A1b, "一组"), ("g-c", VILLAGE_B1a, "一组")],
-    )
-    conn.executemany(
-        "INSERT INTO households VALUES (?,?,?,?)",
-        [
-            ("h1", "g-a", VILLAGE_A1a, ""),
-            ("h2", "g-a", VILLAGE_A1a, ""),
-            ("h3", "g-b", VILLAGE_A1b, ""),
-            ("h4", "g-c", VILLAGE_B1a, ""),
-        ],
-    )
-    persons = [
-        # id, phone, household, village, roles, vulnerable, lives_alone
-        ("p01", "+8613800000001", "h1", VILLAGE_A1a, GM, 1, 0),  # grid member, also vulnerable
-        ("p02", "+8613800000002", "h1", VILLAGE_A1a, 0, 0, 0),
-        ("p03", None, "h1", VILLAGE_A1a, 0, 1, 0),  # no phone: reached by speakers only
-        ("p04", "+8613800000004", "h2", VILLAGE_A1a, 0, 1, 1),  # vulnerable, lives alone
-        ("p05", "+8613800000005", "h3", VILLAGE_A1b, CADRE, 0, 0),
-        ("p06", "+8613800000006", "h3", VILLAGE_A1b, GM, 0, 0),
-        ("p07", "+8613800000007", "h4", VILLAGE_B1a, GM, 0, 0),  # other county
-        ("p08", "+8613800000008", "h4", VILLAGE_B1a, 0, 0, 0),
-    ]
-    conn.executemany(
-        "INSERT INTO persons (id, name, phone, household_id, village_code, roles, vulnerable, "
-        "lives_alone) VALUES (?,?,?,?,?,?,?,?)",
-        [(p[0], f"人{p[0]}", *p[1:]) for p in persons],
-    )
-    conn.executemany(
-        "INSERT INTO grid_members VALUES (?,?)", [("g-a", "p01"), ("g-b", "p06"), ("g-c", "p07")]
-    )
-    devices = [
-        ("spk-a1a", "loudspeaker", VILLAGE_A1a, [VILLAGE_A1a]),
-        ("spk-a1b", "loudspeaker", VILLAGE_A1b, [VILLAGE_A1b]),
-        ("spk-b1a", "loudspeaker", VILLAGE_B1a, [VILLAGE_B1a]),
-        ("tx-a", "transmitter", COUNTY_A, [COUNTY_A]),  # county-wide transmitter
-        ("tx-a1", "transmitter", TOWN_A1, [VILLAGE_A1a, VILLAGE_A1b]),
-        ("mdm-a1", "modem", TOWN_A1, [TOWN_A1]),
-    ]
-    for dev_id, kind, area, serves in devices:
-        conn.execute(
-            "INSERT INTO devices (id, kind, name, adapter, address, area_code) "
-            "VALUES (?,?,?,?,?,?)",
-            (dev_id, kind, dev_id, kind, dev_id, area),
-        )
-        conn.executemany("INSERT INTO device_areas VALUES (?,?)", [(dev_id, s) for s in serves])
-    conn.execute("COMMIT")
-    conn.close()
 
 
 @pytest.fixture
 async def store(tmp_path: Path) -> SqliteStore:
     db = tmp_path / "t.db"
     opened = await SqliteStore.open(db)
-    _fill(db)
+    fill_small_directory(db)
     yield opened  # type: ignore[misc]
     await opened.close()
 
