@@ -83,6 +83,9 @@ class WarningService:
         idempotency: IdempotencyClaim | None = None,
     ) -> Submission:
         """Validate and store a new warning (Alert, Update or Cancel) and queue its plan."""
+        replayed = await self._replayed(idempotency)
+        if replayed is not None:
+            return replayed
         now = self._clock()
         now_dt = datetime.fromtimestamp(now, UTC)
         if data.status is Status.DRAFT:
@@ -150,12 +153,7 @@ class WarningService:
                 now=now,
             )
         except IdempotencyConflict as exc:
-            raise WarningRejected(
-                "idempotency_key_reused",
-                "this Idempotency-Key was already used with a different request body "
-                f"(warning {exc.warning_id})",
-                http_status=409,
-            ) from None
+            raise _key_reused(exc) from None
         except DuplicateWarning as exc:
             raise WarningRejected(
                 "duplicate_identifier",
@@ -198,6 +196,9 @@ class WarningService:
         principal: Principal,
         idempotency: IdempotencyClaim | None = None,
     ) -> Submission:
+        replayed = await self._replayed(idempotency)
+        if replayed is not None:
+            return replayed
         old = await self._active_warning(warning_id)
         fields = change.model_dump(exclude_none=True)
         data = WarningInput(
@@ -230,6 +231,9 @@ class WarningService:
         principal: Principal,
         idempotency: IdempotencyClaim | None = None,
     ) -> Submission:
+        replayed = await self._replayed(idempotency)
+        if replayed is not None:
+            return replayed
         old = await self._active_warning(warning_id)
         now_dt = datetime.fromtimestamp(self._clock(), UTC)
         data = WarningInput(
@@ -252,6 +256,23 @@ class WarningService:
             references=[cap_reference(old.sender, old.identifier, old.sent)],
         )
         return await self.submit(data, principal=principal, idempotency=idempotency)
+
+    async def _replayed(self, idempotency: IdempotencyClaim | None) -> Submission | None:
+        """The warning an earlier request with this key created. Looked up before any other
+        check, so a replay answers the same after that warning (or the one it replaced) was
+        superseded, cancelled or expired; create_warning checks again for concurrent twins."""
+        if idempotency is None:
+            return None
+        try:
+            warning_id = await self._store.idempotent_warning_id(idempotency)
+        except IdempotencyConflict as exc:
+            raise _key_reused(exc) from None
+        if warning_id is None:
+            return None
+        existing = await self._store.get_warning(warning_id)
+        if existing is None:  # idempotency rows reference stored warnings
+            raise RuntimeError(f"idempotency key points at missing {warning_id}")
+        return Submission(existing, created=False)
 
     async def _active_warning(self, warning_id: str) -> WarningRecord:
         old = await self._store.get_warning(warning_id)
@@ -305,6 +326,15 @@ class WarningService:
                 )
             found.append(target)
         return found
+
+
+def _key_reused(exc: IdempotencyConflict) -> WarningRejected:
+    return WarningRejected(
+        "idempotency_key_reused",
+        "this Idempotency-Key was already used with a different request body "
+        f"(warning {exc.warning_id})",
+        http_status=409,
+    )
 
 
 def _audit_detail(

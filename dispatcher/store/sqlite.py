@@ -274,6 +274,21 @@ class SqliteStore:
             _stop_warning(conn, old_id, WarningState.CANCELLED, warning.id, now)
         return CreateResult(warning.id, created=True)
 
+    async def idempotent_warning_id(self, claim: IdempotencyClaim) -> str | None:
+        def run(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT request_hash, warning_id FROM idempotency_keys "
+                "WHERE principal = ? AND key = ?",
+                (claim.principal, claim.key),
+            ).fetchone()
+            if row is None:
+                return None
+            if row[0] != claim.request_hash:
+                raise IdempotencyConflict(row[1])
+            return str(row[1])
+
+        return await self._read(run)
+
     async def get_warning(self, warning_id: str) -> WarningRecord | None:
         def run(conn: sqlite3.Connection) -> WarningRecord | None:
             row = conn.execute(

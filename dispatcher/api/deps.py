@@ -1,0 +1,32 @@
+"""What the HTTP API needs from the rest of the daemon, and the keys it keeps them under."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from dispatcher.config import ApiToken
+from dispatcher.store.base import Store
+from dispatcher.warning_service import Principal, WarningService
+
+
+@dataclass(frozen=True, slots=True)
+class ApiDeps:
+    store: Store
+    warnings: WarningService
+    #: Called on every authenticated request, so a config reload can swap the tokens.
+    tokens: Callable[[], Sequence[ApiToken]]
+    #: Largest request body accepted (server.max_body_bytes); larger ones get 413.
+    max_body_bytes: int
+    #: Readiness for /readyz: the store is open and the planner is running.
+    ready: Callable[[], bool]
+    #: Where the API's metrics are registered and what /metrics exposes.
+    registry: CollectorRegistry
+
+
+DEPS_KEY = web.AppKey("tocsin_api_deps", ApiDeps)
+#: Who is calling, set by the auth middleware on requests to token-protected endpoints.
+PRINCIPAL_KEY = web.RequestKey("tocsin_principal", Principal)

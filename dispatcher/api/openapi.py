@@ -1,0 +1,530 @@
+"""The OpenAPI 3.1 document served at /v1/openapi.json.
+
+Request bodies come from the pydantic models (their ``$defs`` become components); response
+schemas are written here to match :mod:`dispatcher.api.views`. Security and the 401/403
+responses follow each endpoint's roles in the route table, and building the document fails if
+an endpoint is not described here, so the document cannot fall behind the routes."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from dispatcher.api.request_input import CAP_MEDIA_TYPES, IDEMPOTENCY_HEADER, JSON_MEDIA_TYPE
+from dispatcher.api.routing import Endpoint
+from dispatcher.domain import Status, WarningState
+from dispatcher.warning_input import CancelRequest, WarningChange, WarningInput
+
+OPENAPI_KEY = web.AppKey("tocsin_openapi", dict[str, Any])
+
+Schema = dict[str, Any]
+
+_REF = "#/components/schemas/{model}"
+_MAX_CURSOR = 2**62
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": _REF.format(model=name)}
+
+
+def _nullable(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _object(properties: dict[str, Schema], *, optional: Sequence[str] = ()) -> Schema:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [name for name in properties if name not in optional],
+        "additionalProperties": False,
+    }
+
+
+_STRING: Schema = {"type": "string"}
+_DATETIME: Schema = {"type": "string", "format": "date-time"}
+_COUNT: Schema = {"type": "integer", "minimum": 0}
+_COUNTS_BY_NAME: Schema = {"type": "object", "additionalProperties": _COUNT}
+_AREA_CODE_ITEM: Schema = {
+    "type": "string",
+    "pattern": r"^\d{6}(\d{6})?$",
+    "description": "12-digit statistical code, or a 6-digit GB2260 code (county and above)",
+}
+
+_LINKS = _object({name: _STRING for name in ("self", "cap", "plan", "events", "update", "cancel")})
+_SUMMARY_PROPERTIES: dict[str, Schema] = {
+    "id": _STRING,
+    "identifier": _STRING,
+    "sender": _STRING,
+    "sent": _DATETIME,
+    "status": _ref("Status"),
+    "msg_type": _ref("MsgType"),
+    "level": _ref("Level"),
+    "event": _STRING,
+    "headline": _STRING,
+    "area_codes": {"type": "array", "items": _STRING},
+    "expires": _DATETIME,
+    "state": _ref("WarningState"),
+    "links": _ref("WarningLinks"),
+}
+_DETAIL_PROPERTIES: dict[str, Schema] = {
+    **_SUMMARY_PROPERTIES,
+    "description": _STRING,
+    "instruction": _STRING,
+    "area_desc": _STRING,
+    "urgency": _STRING,
+    "certainty": _STRING,
+    "category": _STRING,
+    "language": _STRING,
+    "references": {"type": "array", "items": _STRING},
+    "note": _STRING,
+    "audio_url": _nullable(_STRING),
+    "audio_sha256": _nullable(_STRING),
+    "created_by": _STRING,
+    "plan_status": _ref("PlanStatus"),
+    "delivery_counts": _COUNTS_BY_NAME,
+}
+_BY_AUDIENCE: Schema = {
+    "type": "object",
+    "description": "deliveries by audience, then by channel",
+    "additionalProperties": _COUNTS_BY_NAME,
+}
+
+_RESPONSE_SCHEMAS: dict[str, Schema] = {
+    "Error": _object(
+        {
+            "error": _object(
+                {
+                    "code": {
+                        "type": "string",
+                        "pattern": "^[a-z][a-z0-9_]*$",
+                        "description": "stable snake_case code; see docs/api.md",
+                    },
+                    "message": _STRING,
+                    "field": _STRING,
+                    "line": {"type": "integer"},
+                    "limit": {"type": "integer"},
+                    "errors": {"type": "array", "items": _ref("FieldError")},
+                },
+                optional=("field", "line", "limit", "errors"),
+            )
+        }
+    ),
+    "FieldError": _object({"field": _STRING, "message": _STRING, "type": _STRING}),
+    "WarningState": {"type": "string", "enum": [s.value for s in WarningState]},
+    "PlanStatus": {"type": "string", "enum": ["planned", "pending", "not_planned"]},
+    "WarningLinks": _LINKS,
+    "WarningSummary": _object(_SUMMARY_PROPERTIES),
+    "AcceptedWarning": _object(
+        {
+            **_SUMMARY_PROPERTIES,
+            "ignored": {
+                "type": "array",
+                "items": _STRING,
+                "description": "CAP only: parts of the message Tocsin read past",
+            },
+        },
+        optional=("ignored",),
+    ),
+    "WarningDetail": _object(_DETAIL_PROPERTIES),
+    "WarningList": _object(
+        {"warnings": {"type": "array", "items": _ref("WarningSummary")}, "next": _nullable(_STRING)}
+    ),
+    "AreaPlan": _object(
+        {
+            "code": _STRING,
+            "name": _STRING,
+            "level": _STRING,
+            "parent_code": _nullable(_STRING),
+            "total": _COUNT,
+            "by_audience": _BY_AUDIENCE,
+        }
+    ),
+    "PlanView": _object(
+        {
+            "warning_id": _STRING,
+            "planned": {"type": "boolean"},
+            "plan_status": _ref("PlanStatus"),
+            "depth": {"type": "string", "enum": ["county", "town", "village"]},
+            "total": _COUNT,
+            "by_audience": _BY_AUDIENCE,
+            "areas": {"type": "array", "items": _ref("AreaPlan")},
+        }
+    ),
+    "DeliveryEvent": _object(
+        {
+            "id": {"type": "integer"},
+            "at": _DATETIME,
+            "delivery_id": _nullable({"type": "integer"}),
+            "state": _STRING,
+            "attempt": {"type": "integer"},
+            "adapter": _STRING,
+            "reason": _STRING,
+            "detail": {"type": "object"},
+        }
+    ),
+    "EventList": _object(
+        {
+            "warning_id": _STRING,
+            "events": {"type": "array", "items": _ref("DeliveryEvent")},
+            "last_id": {"type": "integer", "description": "pass as `after` to read on"},
+            "more": {"type": "boolean"},
+        }
+    ),
+    "AuditEntry": _object(
+        {
+            "id": {"type": "integer"},
+            "at": _STRING,
+            "principal": _STRING,
+            "role": _STRING,
+            "action": _STRING,
+            "target": _STRING,
+            "detail": {"type": "object"},
+        }
+    ),
+    "AuditList": _object(
+        {
+            "entries": {"type": "array", "items": _ref("AuditEntry")},
+            "next": _nullable({"type": "integer"}),
+        }
+    ),
+    "DirectorySummary": _object({"counts": _COUNTS_BY_NAME}),
+    "ServiceStatus": _object({"status": _STRING}),
+}
+
+_ERROR_DESCRIPTIONS = {
+    400: "Malformed request: not JSON / not well-formed XML, or a bad parameter or header",
+    401: "Missing or invalid bearer token",
+    403: "The token's role may not call this endpoint",
+    404: "No such warning",
+    409: "Conflict: the warning is not active, the identifier was used, or the "
+    "Idempotency-Key was used with a different request",
+    413: "The body is larger than server.max_body_bytes",
+    415: "Unsupported Content-Type",
+    422: "Understood but not acceptable (validation, unknown area, expiry, references)",
+    503: "Not ready",
+}
+
+
+def _error(status: int) -> Schema:
+    return {
+        "description": _ERROR_DESCRIPTIONS[status],
+        "content": {JSON_MEDIA_TYPE: {"schema": _ref("Error")}},
+    }
+
+
+def _json(description: str, schema: str, headers: Schema | None = None) -> Schema:
+    response: Schema = {
+        "description": description,
+        "content": {JSON_MEDIA_TYPE: {"schema": _ref(schema)}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _query(name: str, schema: Schema, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_ID_PARAMETER: Schema = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+    "description": "the warning's id (the `id` of a 202 answer or a list entry)",
+}
+_IDEMPOTENCY_PARAMETER: Schema = {
+    "name": IDEMPOTENCY_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[ -~]+$"},
+    "description": "repeat the same request with the same key to get the same warning back, "
+    "never a second one",
+}
+_ACCEPTED: Schema = _json(
+    "Accepted; the plan is made in the background",
+    "AcceptedWarning",
+    headers={
+        "Location": {"schema": _STRING, "required": True, "description": "the new message's URL"},
+        "Idempotent-Replayed": {
+            "schema": {"type": "string", "enum": ["true"]},
+            "description": "present on a replay of an earlier request with the same key",
+        },
+    },
+)
+_EXAMPLE_WARNING = {
+    "level": "red",
+    "status": "Exercise",
+    "event": "暴雨",
+    "headline": "商州区暴雨红色预警",
+    "instruction": "请立即转移到安全地带",
+    "area_codes": ["611002000000"],
+}
+_LIMIT = {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}
+
+
+def _write_operation(
+    summary: str, body: Schema, *, body_required: bool = True, on_warning: bool = False
+) -> Schema:
+    errors = (400, 404, 409, 413, 415, 422) if on_warning else (400, 409, 413, 415, 422)
+    return {
+        "tags": ["warnings"],
+        "summary": summary,
+        "parameters": [_IDEMPOTENCY_PARAMETER],
+        "requestBody": {"required": body_required, "content": body},
+        "responses": {"202": _ACCEPTED, **{str(s): _error(s) for s in errors}},
+    }
+
+
+def _operations() -> dict[str, Schema]:
+    """Each operation's document, keyed by operationId (the route table's names)."""
+    cap_body = {"schema": {"type": "string", "description": "a CAP 1.2 <alert> (docs/cap.md)"}}
+    return {
+        "postWarning": _write_operation(
+            "Post a warning (JSON, or CAP 1.2 XML)",
+            {
+                JSON_MEDIA_TYPE: {"schema": _ref("WarningInput"), "example": _EXAMPLE_WARNING},
+                **{media_type: cap_body for media_type in CAP_MEDIA_TYPES[:2]},
+            },
+        ),
+        "updateWarning": {
+            **_write_operation(
+                "Update an active warning (a CAP Update that supersedes it)",
+                {JSON_MEDIA_TYPE: {"schema": _ref("WarningChange")}},
+                on_warning=True,
+            ),
+            "parameters": [_ID_PARAMETER, _IDEMPOTENCY_PARAMETER],
+        },
+        "cancelWarning": {
+            **_write_operation(
+                "Cancel an active warning (a CAP Cancel; devices are told to stop)",
+                {JSON_MEDIA_TYPE: {"schema": _ref("CancelRequest")}},
+                body_required=False,
+                on_warning=True,
+            ),
+            "parameters": [_ID_PARAMETER, _IDEMPOTENCY_PARAMETER],
+        },
+        "listWarnings": {
+            "tags": ["warnings"],
+            "summary": "List warnings, newest first",
+            "parameters": [
+                _query("limit", _LIMIT, "page size"),
+                _query(
+                    "before",
+                    {"type": "string", "minLength": 1},
+                    "a warning id: list the warnings after it (the `next` of a page)",
+                ),
+                _query(
+                    "status",
+                    {"type": "string", "enum": [s.value for s in Status]},
+                    "only this CAP status",
+                ),
+                _query("state", _ref("WarningState"), "only this state"),
+            ],
+            "responses": {"200": _json("A page of warnings", "WarningList"), "400": _error(400)},
+        },
+        "getWarning": {
+            "tags": ["warnings"],
+            "summary": "One warning: the full record, its plan status and delivery counts",
+            "parameters": [_ID_PARAMETER],
+            "responses": {"200": _json("The warning", "WarningDetail"), "404": _error(404)},
+        },
+        "getWarningCap": {
+            "tags": ["warnings"],
+            "summary": "One warning as a CAP 1.2 message",
+            "parameters": [_ID_PARAMETER],
+            "responses": {
+                "200": {
+                    "description": "CAP 1.2 XML",
+                    "content": {"application/cap+xml": {"schema": _STRING}},
+                },
+                "404": _error(404),
+            },
+        },
+        "getWarningPlan": {
+            "tags": ["warnings"],
+            "summary": "The warning's plan: deliveries per audience and channel, per area",
+            "description": "While the plan is pending, `planned` is false, the counts are empty "
+            "and a Retry-After header says when to ask again.",
+            "parameters": [
+                _ID_PARAMETER,
+                _query(
+                    "depth",
+                    {"type": "string", "enum": ["county", "town", "village"], "default": "village"},
+                    "the deepest area level listed",
+                ),
+            ],
+            "responses": {
+                "200": _json("The plan (or planned: false while pending)", "PlanView"),
+                "400": _error(400),
+                "404": _error(404),
+            },
+        },
+        "getWarningEvents": {
+            "tags": ["warnings"],
+            "summary": "The warning's delivery log, oldest first",
+            "parameters": [
+                _ID_PARAMETER,
+                _query(
+                    "after",
+                    {"type": "integer", "minimum": 0, "maximum": _MAX_CURSOR, "default": 0},
+                    "an event id: read the events after it",
+                ),
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                    "page size",
+                ),
+            ],
+            "responses": {
+                "200": _json("A page of events", "EventList"),
+                "400": _error(400),
+                "404": _error(404),
+            },
+        },
+        "listAudit": {
+            "tags": ["audit"],
+            "summary": "The audit log, newest first (admins only)",
+            "parameters": [
+                _query("limit", _LIMIT, "page size"),
+                _query(
+                    "before",
+                    {"type": "integer", "minimum": 1, "maximum": _MAX_CURSOR},
+                    "an entry id: list the entries before it (the `next` of a page)",
+                ),
+            ],
+            "responses": {"200": _json("A page of audit entries", "AuditList"), "400": _error(400)},
+        },
+        "getDirectorySummary": {
+            "tags": ["directory"],
+            "summary": "How many areas, grids, households, persons and devices the directory holds",
+            "responses": {"200": _json("Row counts", "DirectorySummary")},
+        },
+        "healthz": {
+            "tags": ["operations"],
+            "summary": "Liveness: the process answers",
+            "responses": {"200": _json("Alive", "ServiceStatus")},
+        },
+        "readyz": {
+            "tags": ["operations"],
+            "summary": "Readiness: the store answers and the planner runs",
+            "responses": {"200": _json("Ready", "ServiceStatus"), "503": _error(503)},
+        },
+        "metrics": {
+            "tags": ["operations"],
+            "summary": "Prometheus metrics (text exposition format)",
+            "responses": {
+                "200": {"description": "Metrics", "content": {"text/plain": {"schema": _STRING}}}
+            },
+        },
+        "getOpenApi": {
+            "tags": ["operations"],
+            "summary": "This document",
+            "responses": {
+                "200": {
+                    "description": "OpenAPI 3.1",
+                    "content": {JSON_MEDIA_TYPE: {"schema": {"type": "object"}}},
+                }
+            },
+        },
+    }
+
+
+def _model_schemas(models: Sequence[type[BaseModel]]) -> dict[str, Schema]:
+    """The models' JSON schemas with their ``$defs`` lifted into components."""
+    schemas: dict[str, Schema] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=_REF)
+        for name, definition in schema.pop("$defs", {}).items():
+            if schemas.setdefault(name, definition) != definition:
+                raise ValueError(f"two different schemas are named {name}")
+        schemas[model.__name__] = schema
+    return schemas
+
+
+def _describe_bodies(schemas: dict[str, Schema]) -> None:
+    """API-facing descriptions (the models' docstrings are written for developers) and the
+    area-code pattern the models check in a validator, which JSON Schema cannot see."""
+    schemas["WarningInput"]["description"] = (
+        "A new warning. Area codes are normalised to 12 digits; unknown codes, an expiry in the "
+        "past and an Update/Cancel whose references name no known warning are refused (422)."
+    )
+    schemas["WarningChange"]["description"] = (
+        "The fields that change; the others are carried over from the warning being updated."
+    )
+    schemas["CancelRequest"]["description"] = "An optional note on why the warning is cancelled."
+    schemas["WarningInput"]["properties"]["area_codes"]["items"] = _AREA_CODE_ITEM
+    for option in schemas["WarningChange"]["properties"]["area_codes"]["anyOf"]:
+        if option.get("type") == "array":
+            option["items"] = _AREA_CODE_ITEM
+
+
+def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
+    operations = _operations()
+    names = {e.name for e in endpoints}
+    if names != set(operations):
+        raise RuntimeError(
+            f"OpenAPI document and routes differ: undocumented {sorted(names - set(operations))}"
+            f", unrouted {sorted(set(operations) - names)}"
+        )
+    schemas = _model_schemas([WarningInput, WarningChange, CancelRequest])
+    _describe_bodies(schemas)
+    clashes = set(schemas) & set(_RESPONSE_SCHEMAS)
+    if clashes:
+        raise RuntimeError(f"schema names used twice: {sorted(clashes)}")
+    schemas.update(copy.deepcopy(_RESPONSE_SCHEMAS))
+
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in endpoints:
+        operation = copy.deepcopy(operations[endpoint.name])
+        operation["operationId"] = endpoint.name
+        responses = operation["responses"]
+        if endpoint.roles is None:
+            operation["security"] = []
+        else:
+            roles = ", ".join(sorted(role.value for role in endpoint.roles))
+            operation["description"] = (
+                operation.get("description", "") + f"\n\nRoles: {roles}."
+            ).strip()
+            responses["401"] = _error(401)
+            responses["403"] = _error(403)
+        operation["responses"] = dict(sorted(responses.items()))
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tocsin API",
+            "version": "1",
+            "description": "Emergency-warning broadcast dispatcher. Errors are "
+            '`{"error": {"code", "message", "field"?}}`; docs/api.md is the manual.',
+        },
+        "tags": [
+            {"name": "warnings"},
+            {"name": "audit"},
+            {"name": "directory"},
+            {"name": "operations"},
+        ],
+        "paths": paths,
+        "components": {
+            "schemas": dict(sorted(schemas.items())),
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API token from the config (`tocsin token new`)",
+                }
+            },
+        },
+        "security": [{"bearerAuth": []}],
+    }

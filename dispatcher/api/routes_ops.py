@@ -1,0 +1,61 @@
+"""Operations endpoints, all without a token: liveness, readiness, Prometheus metrics and the
+OpenAPI document. /metrics carries counts only (no warning text, no tokens); bind the server to
+loopback or a management network, or put it behind a proxy, where that is not acceptable."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from dispatcher.api.deps import DEPS_KEY
+from dispatcher.api.errors import ApiError
+from dispatcher.api.openapi import OPENAPI_KEY
+from dispatcher.api.responses import json_response
+from dispatcher.api.routing import Endpoint
+
+log = structlog.get_logger(__name__)
+
+_PING_TIMEOUT = 2.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    deps = request.app[DEPS_KEY]
+    try:
+        ready = deps.ready()
+        if ready:
+            await asyncio.wait_for(deps.store.ping(), _PING_TIMEOUT)
+    except Exception:
+        log.warning("readiness check failed", exc_info=True)
+        ready = False
+    if not ready:
+        raise ApiError(
+            503,
+            "not_ready",
+            "not ready: the store is not answering or the planner is not running",
+            headers={"Retry-After": "1"},
+        )
+    return json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    payload = generate_latest(request.app[DEPS_KEY].registry)
+    return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return json_response(request.app[OPENAPI_KEY])
+
+
+ENDPOINTS = (
+    Endpoint("GET", "/healthz", healthz, "healthz", None),
+    Endpoint("GET", "/readyz", readyz, "readyz", None),
+    Endpoint("GET", "/metrics", metrics, "metrics", None),
+    Endpoint("GET", "/v1/openapi.json", openapi_document, "getOpenApi", None),
+)
