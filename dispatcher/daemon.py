@@ -83,7 +83,7 @@ async def serve(
                 warnings=service,
                 tokens=lambda: config.tokens,
                 max_body_bytes=config.settings.server.max_body_bytes,
-                ready=lambda: True,
+                ready=lambda: planner.running,
                 registry=registry,
             )
         )

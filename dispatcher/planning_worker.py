@@ -36,6 +36,11 @@ class PlanningWorker:
         self._idle = asyncio.Event()
         self._idle.set()
 
+    @property
+    def running(self) -> bool:
+        """Whether the background task is alive (readiness)."""
+        return self._task is not None and not self._task.done()
+
     def enqueue(self, warning_id: str) -> None:
         self._idle.clear()
         self._queue.put_nowait(warning_id)

@@ -5,6 +5,7 @@ after a restart."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -123,6 +124,63 @@ def _expected_red_deliveries(db: Path, county: str) -> int:
         conn.close()
 
 
+def _cli(url: str, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOCSIN_")}
+    env.update(TOCSIN_URL=url, TOCSIN_TOKEN=token)
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def _check_cli_warn_and_status(url: str, tmp_path: Path) -> None:
+    posted = await asyncio.to_thread(
+        _cli,
+        url,
+        DUTY,
+        "warn",
+        "--level",
+        "blue",
+        "--event",
+        "大风",
+        "--headline",
+        "大风蓝色预警",
+        "--area",
+        "611002",
+        "--status",
+        "Exercise",
+    )
+    assert posted.returncode == 0, posted.stderr
+    warning_id = json.loads(posted.stdout)["id"]
+    plan = await _wait_planned(url, warning_id)
+    shown = await asyncio.to_thread(_cli, url, OPERATOR, "status", warning_id, "--depth", "town")
+    assert shown.returncode == 0, shown.stderr
+    assert f"plan: {plan['total']} deliveries" in shown.stdout
+    assert "grid_member" in shown.stdout and "level blue" in shown.stdout
+    # An operator may read but not post.
+    refused = await asyncio.to_thread(
+        _cli,
+        url,
+        OPERATOR,
+        "warn",
+        "--level",
+        "blue",
+        "--event",
+        "x",
+        "--headline",
+        "x",
+        "--area",
+        "611002",
+    )
+    assert refused.returncode == 1
+    assert "forbidden" in refused.stdout
+
+
 @pytest.mark.slow
 async def test_serve_post_plan_restart(tmp_path: Path) -> None:
     port = _free_port()
@@ -146,6 +204,7 @@ async def test_serve_post_plan_restart(tmp_path: Path) -> None:
         assert headers["Location"] == f"/v1/warnings/{warning_id}"
         plan = await _wait_planned(daemon.url, warning_id)
         assert plan["total"] == _expected_red_deliveries(tmp_path / "tocsin.db", "611002000000")
+        await _check_cli_warn_and_status(daemon.url, tmp_path)
     finally:
         code, output = daemon.stop()
     assert code == 0, output
