@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -22,6 +22,7 @@ from dispatcher.store.base import (
     Store,
 )
 from dispatcher.warning_input import (
+    INFO_REQUIRED,
     CancelRequest,
     Category,
     Certainty,
@@ -32,6 +33,12 @@ from dispatcher.warning_input import (
 )
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: A Cancel must still reach the devices when the warning it cancels is about to expire.
+CANCEL_MIN_LIFETIME = timedelta(minutes=30)
+_AREA_DESC_LIMIT = 1000  # WarningInput.area_desc
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +88,13 @@ class WarningService:
         *,
         principal: Principal,
         idempotency: IdempotencyClaim | None = None,
+        notes: Sequence[str] = (),
     ) -> Submission:
-        """Validate and store a new warning (Alert, Update or Cancel) and queue its plan."""
+        """Validate and store a new warning (Alert, Update or Cancel) and queue its plan.
+
+        A Cancel may leave out the warning's content (a CAP Cancel without ``<info>``): what it
+        omits is taken from the warnings it references, see :func:`_complete_cancel`.
+        ``notes`` (what the CAP parser read past) go into the audit entry as ``cap_ignored``."""
         replayed = await self._replayed(idempotency)
         if replayed is not None:
             return replayed
@@ -92,6 +104,17 @@ class WarningService:
             raise WarningRejected(
                 "draft_not_dispatched", "Draft messages are not dispatched", field="status"
             )
+
+        # References first: a Cancel's level, areas and expiry may come from its targets.
+        targets: list[WarningRecord] = []
+        if data.msg_type is not MsgType.ALERT:
+            targets = await self._resolve_references(data)
+        if data.msg_type is MsgType.CANCEL:
+            latest_allowed = now_dt + timedelta(seconds=self._cap.max_expiry)
+            data = _complete_cancel(data, targets, now_dt, latest_allowed)
+        supersedes = [t.id for t in targets] if data.msg_type is MsgType.UPDATE else []
+        cancels = [t.id for t in targets] if data.msg_type is MsgType.CANCEL else []
+
         expires = data.expires or now_dt + timedelta(seconds=self._cap.default_expiry)
         if expires <= now_dt:
             raise WarningRejected(
@@ -103,19 +126,12 @@ class WarningService:
                 f"expires is more than {self._cap.max_expiry / 86400:g} days away",
                 field="expires",
             )
-        unknown = await self._store.unknown_area_codes(data.area_codes)
+        area_codes = _present(data.area_codes, "area_codes")
+        unknown = await self._store.unknown_area_codes(area_codes)
         if unknown:
             shown = ", ".join(unknown[:20]) + (" …" if len(unknown) > 20 else "")
             raise WarningRejected(
                 "unknown_area", f"unknown area code(s): {shown}", field="area_codes"
-            )
-
-        supersedes: list[str] = []
-        cancels: list[str] = []
-        if data.msg_type is not MsgType.ALERT:
-            targets = await self._resolve_references(data)
-            (supersedes if data.msg_type is MsgType.UPDATE else cancels).extend(
-                t.id for t in targets
             )
 
         warning = WarningRecord(
@@ -125,12 +141,12 @@ class WarningService:
             sent=data.sent or now_dt.replace(microsecond=0),
             status=data.status,
             msg_type=data.msg_type,
-            level=data.level,
-            event=data.event,
-            headline=data.headline,
+            level=_present(data.level, "level"),
+            event=_present(data.event, "event"),
+            headline=_present(data.headline, "headline"),
             description=data.description,
             instruction=data.instruction,
-            area_codes=tuple(dict.fromkeys(data.area_codes)),
+            area_codes=tuple(dict.fromkeys(area_codes)),
             area_desc=data.area_desc,
             expires=expires,
             urgency=data.urgency.value,
@@ -174,7 +190,7 @@ class WarningService:
             role=principal.role.value,
             action=f"warning.{warning.msg_type.value.lower()}",
             target=warning.id,
-            detail=_audit_detail(warning, supersedes, cancels),
+            detail=_audit_detail(warning, supersedes, cancels, notes),
         )
         log.info(
             "warning accepted",
@@ -235,21 +251,8 @@ class WarningService:
         if replayed is not None:
             return replayed
         old = await self._active_warning(warning_id)
-        now_dt = datetime.fromtimestamp(self._clock(), UTC)
+        # Only the reference: submit takes the content and expiry from the warning itself.
         data = WarningInput(
-            level=old.level,
-            event=old.event,
-            headline=old.headline,
-            description=old.description,
-            instruction=old.instruction,
-            area_codes=list(old.area_codes),
-            area_desc=old.area_desc,
-            # The Cancel itself must reach devices even if the warning is about to expire.
-            expires=max(old.expires, now_dt + timedelta(minutes=30)),
-            urgency=Urgency(old.urgency),
-            certainty=Certainty(old.certainty),
-            category=Category(old.category),
-            language=old.language,
             note=request.note,
             status=old.status,
             msg_type=MsgType.CANCEL,
@@ -337,10 +340,67 @@ def _key_reused(exc: IdempotencyConflict) -> WarningRejected:
     )
 
 
+def _complete_cancel(
+    data: WarningInput,
+    cancelled: Sequence[WarningRecord],
+    now_dt: datetime,
+    latest_allowed: datetime,
+) -> WarningInput:
+    """A Cancel with what it left out taken from the warnings it cancels: level, texts and the
+    other CAP fields from the first reference, the area codes (and descriptions) of all of
+    them. Without an expiry it lasts until the latest of them expires, and at least
+    :data:`CANCEL_MIN_LIFETIME`, so the devices hear it even when the warning is about to
+    expire — but never past ``latest_allowed`` (cap.max_expiry), which would refuse it.
+    Audio is never carried over: a Cancel must not play the warning's message."""
+    if not cancelled:  # _resolve_references refuses a Cancel without references
+        return data
+    first = cancelled[0]
+    inherited: dict[str, Any] = {
+        "level": first.level,
+        "event": first.event,
+        "headline": first.headline,
+        "description": first.description,
+        "instruction": first.instruction,
+        "area_codes": list(dict.fromkeys(code for w in cancelled for code in w.area_codes)),
+        "area_desc": _joined_area_desc(cancelled),
+        "urgency": Urgency(first.urgency),
+        "certainty": Certainty(first.certainty),
+        "category": Category(first.category),
+        "language": first.language,
+    }
+    given = data.model_fields_set
+    update = {
+        name: value
+        for name, value in inherited.items()
+        # The required fields may also have been sent as null.
+        if name not in given or (name in INFO_REQUIRED and getattr(data, name) is None)
+    }
+    if data.expires is None:
+        latest = max(w.expires for w in cancelled)
+        update["expires"] = min(max(latest, now_dt + CANCEL_MIN_LIFETIME), latest_allowed)
+    return data.model_copy(update=update)
+
+
+def _joined_area_desc(warnings: Sequence[WarningRecord]) -> str:
+    descriptions = list(dict.fromkeys(w.area_desc for w in warnings if w.area_desc))
+    joined = "; ".join(descriptions)
+    if len(joined) > _AREA_DESC_LIMIT:
+        joined = joined[: _AREA_DESC_LIMIT - 1] + "…"
+    return joined
+
+
+def _present(value: T | None, name: str) -> T:
+    """A field WarningInput requires of every message but a Cancel, and that a Cancel has
+    once :func:`_complete_cancel` filled it."""
+    if value is None:
+        raise RuntimeError(f"{name} is missing from an accepted {WarningInput.__name__}")
+    return value
+
+
 def _audit_detail(
-    warning: WarningRecord, supersedes: list[str], cancels: list[str]
+    warning: WarningRecord, supersedes: list[str], cancels: list[str], notes: Sequence[str]
 ) -> dict[str, Any]:
-    return {
+    detail: dict[str, Any] = {
         "identifier": warning.identifier,
         "status": warning.status.value,
         "level": warning.level.value,
@@ -350,3 +410,7 @@ def _audit_detail(
         "supersedes": supersedes,
         "cancels": cancels,
     }
+    if notes:
+        # What the CAP parser read past (other-language <info>, polygons, …).
+        detail["cap_ignored"] = list(notes)
+    return detail

@@ -170,6 +170,40 @@ def test_cancel_sample() -> None:
     assert warning.note == "降雨已结束，解除预警"
 
 
+def test_cancel_without_info_sample_carries_only_the_alert_fields() -> None:
+    parsed = parse_sample("cancel_without_info.xml")
+    warning = parsed.warning
+    assert warning.msg_type is MsgType.CANCEL
+    assert warning.references == [
+        "danfeng-emergency@tocsin.example,SL-611022-20240711-0001,2024-07-11T06:30:00+08:00",
+        "danfeng-emergency@tocsin.example,SL-611022-20240711-0002,2024-07-11T09:00:00+08:00",
+    ]
+    assert warning.identifier == "SL-611022-20240711-0004"
+    assert warning.sender == "danfeng-emergency@tocsin.example"
+    assert warning.sent == datetime(2024, 7, 11, 20, 0, tzinfo=CST)
+    assert warning.status is Status.ACTUAL
+    assert warning.note == "降雨已结束，解除预警"
+    # The warning service fills the rest from the cancelled warnings.
+    assert (warning.level, warning.event, warning.headline, warning.area_codes) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    assert warning.expires is None
+    assert warning.model_fields_set == {
+        "identifier",
+        "sender",
+        "sent",
+        "status",
+        "msg_type",
+        "references",
+        "note",
+    }
+    assert parsed.sender_name is None
+    assert parsed.ignored == ()
+
+
 def test_exercise_sample_stays_an_exercise() -> None:
     parsed = parse_sample("exercise.xml")
     warning = parsed.warning
@@ -467,8 +501,28 @@ def test_system_status_cannot_be_posted() -> None:
     assert rejected(message(status="System")).field == "alert/status"
 
 
-def test_no_info_block_is_refused() -> None:
-    assert rejected(message(infos="")).field == "alert/info"
+@pytest.mark.parametrize("msg_type", ["Alert", "Update"])
+def test_no_info_block_is_refused_unless_cancel(msg_type: str) -> None:
+    references = "tester@tocsin.example,T-0,2024-07-11T06:00:00+08:00"
+    error = rejected(message(msg_type=msg_type, references=references, infos=""))
+    assert error.field == "alert/info"
+    assert error.message.startswith("the message has no <info> block")
+
+
+def test_info_less_cancel_still_needs_references() -> None:
+    error = rejected(message(msg_type="Cancel", infos=""))
+    assert error.field == "alert/references"
+    assert "references" in error.message
+
+
+def test_info_less_cancel_in_another_status_keeps_it() -> None:
+    references = "tester@tocsin.example,T-0,2024-07-11T06:00:00+08:00"
+    warning = parse_cap(
+        message(status="Exercise", msg_type="Cancel", references=references, infos="")
+    ).warning
+    assert (warning.status, warning.msg_type) == (Status.EXERCISE, MsgType.CANCEL)
+    assert warning.references == [references]
+    assert warning.level is None
 
 
 def test_without_zh_cn_the_first_chinese_info_is_used() -> None:

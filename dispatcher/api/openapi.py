@@ -457,16 +457,19 @@ def _describe_bodies(schemas: dict[str, Schema]) -> None:
     area-code pattern the models check in a validator, which JSON Schema cannot see."""
     schemas["WarningInput"]["description"] = (
         "A new warning. Area codes are normalised to 12 digits; unknown codes, an expiry in the "
-        "past and an Update/Cancel whose references name no known warning are refused (422)."
+        "past and an Update/Cancel whose references name no known warning are refused (422). "
+        "level, event, headline and area_codes are required unless msg_type is Cancel: a "
+        "Cancel may leave them and the other warning fields out, and they are taken from the "
+        "warning it cancels (the first reference; area codes from all of them)."
     )
     schemas["WarningChange"]["description"] = (
         "The fields that change; the others are carried over from the warning being updated."
     )
     schemas["CancelRequest"]["description"] = "An optional note on why the warning is cancelled."
-    schemas["WarningInput"]["properties"]["area_codes"]["items"] = _AREA_CODE_ITEM
-    for option in schemas["WarningChange"]["properties"]["area_codes"]["anyOf"]:
-        if option.get("type") == "array":
-            option["items"] = _AREA_CODE_ITEM
+    for model in ("WarningInput", "WarningChange"):
+        for option in schemas[model]["properties"]["area_codes"]["anyOf"]:
+            if option.get("type") == "array":
+                option["items"] = _AREA_CODE_ITEM
 
 
 def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:

@@ -65,7 +65,10 @@ async def post_warning(request: web.Request) -> web.Response:
         data, ignored = parsed.warning, parsed.ignored
     else:
         data = parse_json_model(body, WarningInput)
-    submission = await deps.warnings.submit(data, principal=principal, idempotency=claim)
+    # What the CAP parser read past is answered and kept in the audit entry.
+    submission = await deps.warnings.submit(
+        data, principal=principal, idempotency=claim, notes=ignored
+    )
     return _accepted(request, submission, ignored)
 
 

@@ -2,7 +2,8 @@
 
 Order of checks: safe XML (defusedxml) → root element and namespace → the CAP 1.2 schema →
 what Tocsin itself needs (public scope, references, one info block, a level, area codes) →
-the WarningInput model. docs/cap.md describes the mapping.
+the WarningInput model. A Cancel may come without <info>: the warning service takes its content
+from the warning it cancels. docs/cap.md describes the mapping.
 """
 
 from __future__ import annotations
@@ -147,9 +148,16 @@ class _CapReader:
         self.check_root(root)
         validate_alert(root, self.doc.line_of)
         fields: dict[str, Any] = self.read_alert(root)
-        info = self.choose_info(root)
-        fields |= self.read_info(info)
-        sender_name = self.text(info, "senderName") or None
+        sender_name: str | None = None
+        # CAP 1.2 allows a Cancel without <info> (many producers send exactly that); the
+        # warning service fills its level, texts and areas from the warning it cancels.
+        info_less_cancel = fields["msg_type"] == MsgType.CANCEL.value and (
+            root.find(cap_tag("info")) is None
+        )
+        if not info_less_cancel:
+            info = self.choose_info(root)
+            fields |= self.read_info(info)
+            sender_name = self.text(info, "senderName") or None
         try:
             warning = WarningInput.model_validate(fields)
         except ValidationError as exc:
@@ -242,7 +250,7 @@ class _CapReader:
         if not infos:
             self.fail(
                 "the message has no <info> block; Tocsin needs one with the event, severity and "
-                "area, also in an Update or a Cancel",
+                "area, also in an Update (only a Cancel may leave it out)",
                 field="alert/info",
                 element=root,
             )

@@ -231,3 +231,22 @@ def cap_alert(
   </info>
 </alert>
 """.encode()
+
+
+def cap_cancel(
+    identifier: str, references: str, *, status: str = "Exercise", note: str = "解除预警"
+) -> bytes:
+    """A CAP 1.2 Cancel without <info>, as national release platforms send one."""
+    sent = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "-00:00")
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2">
+  <identifier>{identifier}</identifier>
+  <sender>cap-desk@test.tocsin</sender>
+  <sent>{sent}</sent>
+  <status>{status}</status>
+  <msgType>Cancel</msgType>
+  <scope>Public</scope>
+  <note>{note}</note>
+  <references>{references}</references>
+</alert>
+""".encode()

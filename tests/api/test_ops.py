@@ -116,3 +116,19 @@ async def test_openapi_is_public_and_describes_every_route(api: Api) -> None:
     for ref in refs:
         assert ref.removeprefix("#/components/schemas/") in schemas, ref
     assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+
+
+async def test_openapi_warning_input_needs_content_unless_cancel(api: Api) -> None:
+    _, doc, _ = await api.call("GET", "/v1/openapi.json", role=None)
+    schema = doc["components"]["schemas"]["WarningInput"]
+    content = ["level", "event", "headline", "area_codes"]
+    assert not set(content) & set(schema.get("required", []))
+    assert schema["if"] == {
+        "properties": {"msg_type": {"const": "Cancel"}},
+        "required": ["msg_type"],
+    }
+    assert schema["else"]["required"] == content
+    assert "Cancel" in schema["description"]
+    area_codes = schema["properties"]["area_codes"]["anyOf"]
+    assert {"type": "null"} in area_codes
+    assert any(o.get("items", {}).get("pattern") == r"^\d{6}(\d{6})?$" for o in area_codes)

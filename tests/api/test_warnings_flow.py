@@ -14,6 +14,7 @@ from api.harness import (
     VILLAGE,
     Api,
     cap_alert,
+    cap_cancel,
     expected_red_plan,
     red_warning,
     total,
@@ -119,6 +120,95 @@ async def test_cap_update_and_cancel_by_references(api: Api) -> None:
     assert update["msg_type"] == "Update"
     _, old, _ = await api.call("GET", f"/v1/warnings/{first['id']}")
     assert old["state"] == "superseded"
+
+
+async def test_cap_cancel_without_info_cancels_the_alert(api: Api) -> None:
+    cap = {"Content-Type": "application/cap+xml"}
+    _, alert, _ = await api.call(
+        "POST", "/v1/warnings", data=cap_alert("CAP-C1", [COUNTY[:6]]), headers=cap
+    )
+    alert_plan = await api.planned(alert["id"])
+    assert alert_plan["total"] > 0
+    reference = f"cap-desk@test.tocsin,CAP-C1,{_cap_time(alert['sent'])}"
+    status, cancel, headers = await api.call(
+        "POST",
+        "/v1/warnings",
+        role=ApiRole.DUTY_OFFICER,
+        data=cap_cancel("CAP-C2", reference, note="降雨已结束"),
+        headers=cap,
+    )
+    assert status == 202, cancel
+    assert headers["Location"] == f"/v1/warnings/{cancel['id']}"
+    assert (cancel["msg_type"], cancel["status"]) == ("Cancel", "Exercise")
+    # What the Cancel left out comes from the alert it cancels.
+    assert (cancel["level"], cancel["event"], cancel["headline"]) == ("red", "暴雨", "暴雨预警")
+    assert cancel["area_codes"] == [COUNTY]
+    assert "ignored" not in cancel
+
+    _, old, _ = await api.call("GET", f"/v1/warnings/{alert['id']}")
+    assert old["state"] == "cancelled"
+    assert old["delivery_counts"] == {"cancelled": alert_plan["total"]}
+    cancel_plan = await api.planned(cancel["id"])
+    assert cancel_plan["by_audience"] == expected_red_plan(api, [COUNTY], cancel=True)
+    assert set(cancel_plan["by_audience"]) == {"device"}
+    _, detail, _ = await api.call("GET", f"/v1/warnings/{cancel['id']}")
+    assert detail["references"] == [reference]
+    assert detail["note"] == "降雨已结束"
+    _, audit, _ = await api.call("GET", "/v1/audit?limit=1")
+    entry = audit["entries"][0]
+    assert (entry["action"], entry["target"]) == ("warning.cancel", cancel["id"])
+    assert entry["detail"]["cancels"] == [alert["id"]]
+
+    # The alert is cancelled now: cancelling it again is refused.
+    before = await api.table_counts()
+    status, error, _ = await api.call(
+        "POST", "/v1/warnings", data=cap_cancel("CAP-C3", reference), headers=cap
+    )
+    assert (status, error["error"]["code"]) == (409, "not_active")
+    assert await api.table_counts() == before
+
+
+async def test_json_cancel_with_only_references(api: Api) -> None:
+    _, first, _ = await api.post_warning(red_warning(area_codes=[TOWN]))
+    reference = f"{SENDER},{first['identifier']},{_cap_time(first['sent'])}"
+    status, cancel, _ = await api.post_warning(
+        {"msg_type": "Cancel", "status": "Exercise", "references": [reference]}
+    )
+    assert status == 202, cancel
+    assert (cancel["msg_type"], cancel["level"], cancel["area_codes"]) == ("Cancel", "red", [TOWN])
+    _, old, _ = await api.call("GET", f"/v1/warnings/{first['id']}")
+    assert old["state"] == "cancelled"
+
+    # Without references a Cancel names nothing to cancel; an Alert still needs its content.
+    status, error, _ = await api.post_warning({"msg_type": "Cancel", "status": "Exercise"})
+    assert (status, error["error"]["code"]) == (422, "missing_references")
+    status, error, _ = await api.post_warning({"status": "Exercise", "references": [reference]})
+    assert (status, error["error"]["code"], error["error"]["field"]) == (
+        422,
+        "validation_error",
+        "level",
+    )
+
+
+async def test_cap_ignored_notes_reach_the_audit_log(api: Api) -> None:
+    zip_code = "<geocode><valueName>ZIP</valueName><value>726000</value></geocode></area>"
+    xml = cap_alert("CAP-N1", [COUNTY[:6]]).replace(b"</area>", zip_code.encode())
+    status, body, _ = await api.call(
+        "POST", "/v1/warnings", data=xml, headers={"Content-Type": "application/cap+xml"}
+    )
+    assert status == 202, body
+    assert len(body["ignored"]) == 1
+    assert "ZIP=726000" in body["ignored"][0]
+    _, audit, _ = await api.call("GET", "/v1/audit?limit=1")
+    entry = audit["entries"][0]
+    assert (entry["action"], entry["target"]) == ("warning.alert", body["id"])
+    assert entry["detail"]["cap_ignored"] == body["ignored"]
+
+    # A JSON warning has nothing to note.
+    _, json_body, _ = await api.post_warning()
+    _, audit, _ = await api.call("GET", "/v1/audit?limit=1")
+    assert audit["entries"][0]["target"] == json_body["id"]
+    assert "cap_ignored" not in audit["entries"][0]["detail"]
 
 
 async def test_idempotent_repost_returns_the_same_warning(api: Api) -> None:
