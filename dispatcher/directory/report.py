@@ -1,0 +1,90 @@
+"""What an import did: per file, rows read, imported and skipped, and every bad row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Errors kept per file; all of them are counted.
+MAX_STORED_ERRORS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    file: str
+    #: 1-based physical line where the row starts; the header is line 1.
+    line: int
+    #: The column at fault; empty for problems with the whole row or file.
+    column: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}"
+        return (
+            f"{where}: {self.column}: {self.message}" if self.column else f"{where}: {self.message}"
+        )
+
+
+@dataclass(slots=True)
+class FileReport:
+    file: str
+    #: False when the file is not in the folder (nothing to import, not an error).
+    found: bool = True
+    rows_read: int = 0
+    imported: int = 0
+    error_count: int = 0
+    #: The first :data:`MAX_STORED_ERRORS` errors, in line order.
+    errors: list[RowError] = field(default_factory=list)
+    #: Whether the file's transaction was committed (False: rolled back, nothing imported).
+    committed: bool = False
+    seconds: float = 0.0
+
+    @property
+    def skipped(self) -> int:
+        return self.rows_read - self.imported
+
+    def add_error(self, error: RowError) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_STORED_ERRORS:
+            self.errors.append(error)
+
+    def summary(self) -> str:
+        if not self.found:
+            return f"{self.file}: not present"
+        outcome = "imported" if self.committed else "NOT imported (rolled back)"
+        return (
+            f"{self.file}: {outcome}: {self.rows_read} rows read, {self.imported} imported, "
+            f"{self.skipped} skipped, {self.error_count} errors in {self.seconds:.1f} s"
+        )
+
+
+@dataclass(slots=True)
+class ImportReport:
+    files: list[FileReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """No file had an error."""
+        return all(f.error_count == 0 for f in self.files)
+
+    @property
+    def error_count(self) -> int:
+        return sum(f.error_count for f in self.files)
+
+    def file(self, name: str) -> FileReport:
+        for report in self.files:
+            if report.file == name:
+                return report
+        raise KeyError(name)
+
+    def summary(self) -> str:
+        return "\n".join(report.summary() for report in self.files)
+
+    def __str__(self) -> str:
+        """The summary, then every kept error (what the CLI prints)."""
+        lines = [self.summary()]
+        for report in self.files:
+            lines.extend(str(error) for error in report.errors)
+            if report.error_count > len(report.errors):
+                lines.append(f"{report.file}: … and {report.error_count - len(report.errors)} more")
+        return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# -- the directory (CSV import/export and the synthetic city) ---------------------------------
+
+#: A small directory in canonical form: exactly what the exporter writes for it.
+_CANONICAL_DIRECTORY: dict[str, list[str]] = {
+    "areas.csv": [
+        "code,name,level,parent_code",
+        "610000000000,陕西省,province,",
+        "611000000000,商洛市,city,610000000000",
+        "611002000000,商州区,county,611000000000",
+        "611002101000,大荆镇,town,611002000000",
+        "611002101201,东村,village,611002101000",
+        "611002101202,西村,village,611002101000",
+    ],
+    "grids.csv": [
+        "id,village_code,name",
+        "G1,611002101201,东村一组",
+        "G2,611002101202,西村一组",
+    ],
+    "households.csv": [
+        "id,grid_id,address",
+        "H1,G1,东村1号",
+        'H2,G1,"东村2号, 后院"',
+        "H3,G2,西村1号",
+    ],
+    "persons.csv": [
+        "id,name,phones,household_id,village_code,roles,vulnerable,lives_alone,"
+        "preferred_channels,grids",
+        "P1,张伟,+8613812345678;+8613912345678,H1,611002101201,grid_member;village_cadre,0,0,"
+        "sms;voice,G1;G2",
+        "P2,李娜,+8615012345678,H2,611002101201,,1,1,voice,",
+        "P3,王芳,,H3,611002101202,,0,0,,",
+        "P4,赵强,+8618612345678,,611002101202,rescue_team,0,0,,",
+    ],
+    "devices.csv": [
+        "id,kind,name,adapter,address,area_code,serves",
+        "MDM-1,modem,大荆镇卫星电话,modems,+8617400000001,611002101000,611002101000",
+        "SPK-1,loudspeaker,东村广播,speakers,SPK-1,611002101201,611002101201",
+        "TX-1,transmitter,大荆镇发射机,transmitters,TX-1,611002101000,611002101201;611002101202",
+    ],
+}
+
+
+@pytest.fixture
+def canonical_directory() -> dict[str, list[str]]:
+    """File name → lines (header first) of a small valid directory in canonical form."""
+    return {name: list(lines) for name, lines in _CANONICAL_DIRECTORY.items()}
+
+
+@pytest.fixture
+def write_directory() -> Callable[..., Path]:
+    """write(folder, {name: lines}, bom=True, newline="\\r\\n") → folder: the exporter's
+    encoding and line ends by default."""
+
+    def write(
+        folder: Path, files: dict[str, list[str]], *, bom: bool = True, newline: str = "\r\n"
+    ) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, lines in files.items():
+            text = "".join(line + newline for line in lines)
+            (folder / name).write_bytes(("\ufeff" if bom else "").encode() + text.encode())
+        return folder
+
+    return write
+
+
+_DIRECTORY_TABLES = (
+    "areas",
+    "area_closure",
+    "grids",
+    "households",
+    "persons",
+    "grid_members",
+    "devices",
+    "device_areas",
+)
+
+
+@pytest.fixture
+def dump_directory() -> Callable[[Path], dict[str, list[tuple[Any, ...]]]]:
+    """dump(db) → every directory table's rows, in key order, to compare two databases."""
+
+    def dump(db: Path) -> dict[str, list[tuple[Any, ...]]]:
+        conn = sqlite3.connect(db)
+        try:
+            return {
+                table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+                for table in _DIRECTORY_TABLES
+            }
+        finally:
+            conn.close()
+
+    return dump
