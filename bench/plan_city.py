@@ -24,21 +24,18 @@ from pathlib import Path
 
 import psutil
 
+from dispatcher.config import SyntheticDirectoryConfig, load_policy
+from dispatcher.domain import Level, MsgType, Status, WarningRecord
+from dispatcher.planner import plan_statements
+from dispatcher.store.sqlite import SqliteStore, connect
+from dispatcher.synthetic import SHANGLUO, load_synthetic
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from dispatcher.synthetic import SHANGLUO, load_synthetic  # noqa: E402
-
-from dispatcher.config import SyntheticDirectoryConfig, load_policy  # noqa: E402
-from dispatcher.domain import Level, MsgType, Status, WarningRecord  # noqa: E402
-from dispatcher.planner import plan_statements  # noqa: E402
-from dispatcher.store.sqlite import SqliteStore, connect  # noqa: E402
-
 DATA = ROOT / "bench" / "data"
 CITY = "611000000000"
 COLUMNS = (
-    "warning_id, audience, target_kind, target_id, channel, address, area_code, household_id, "
-    "priority, state, attempts, due_at, updated_at"
+    "warning_seq, audience, target_id, channel, area_code, priority, state, attempts, due_at, "
+    "updated_at"
 )
 
 

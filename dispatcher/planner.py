@@ -25,9 +25,12 @@ DEVICE_PRIORITY = {
 }
 
 _COLUMNS = (
-    "warning_id, audience, target_kind, target_id, channel, address, area_code, household_id, "
-    "priority, state, attempts, due_at, updated_at"
+    "warning_seq, audience, target_id, channel, area_code, priority, state, attempts, due_at, "
+    "updated_at"
 )
+
+# The warning's internal key, evaluated once per statement.
+_WARNING_SEQ = "(SELECT w.seq FROM warnings w WHERE w.id = ?)"
 
 # The villages (and towns …) under any of the warning's target codes.
 _COVERED_AREAS = (
@@ -111,12 +114,12 @@ def _device_statement(warning_id: str, kinds: list[DeviceKind], now: float) -> S
     priority_case = " ".join(f"WHEN '{k.value}' THEN {DEVICE_PRIORITY[k]}" for k in DeviceKind)
     sql = (
         f"INSERT INTO deliveries ({_COLUMNS}) "
-        f"SELECT ?, 'device', 'device', d.id, CASE d.kind {channel_case} END, d.address, "
-        f"d.area_code, NULL, CASE d.kind {priority_case} END, 'pending', 0, ?, ? "
+        f"SELECT {_WARNING_SEQ}, 'device', d.id, CASE d.kind {channel_case} END, d.area_code, "
+        f"CASE d.kind {priority_case} END, 'pending', 0, ?, ? "
         f"FROM devices d WHERE d.kind IN ({kind_marks}) AND EXISTS ("
         "SELECT 1 FROM device_areas da WHERE da.device_id = d.id AND "
         f"(da.area_code IN ({_COVERED_AREAS}) OR da.area_code IN ({_AREAS_ABOVE}))) "
-        "ORDER BY 9, d.id"
+        "ORDER BY 6, d.id"
     )
     params = (warning_id, now, now, *(k.value for k in kinds), warning_id, warning_id)
     return SqlStatement(sql, params)
@@ -141,8 +144,8 @@ def _person_statement(
         priority_sql = f"CASE {priority_case} END"
     sql = (
         f"INSERT INTO deliveries ({_COLUMNS}) "
-        f"SELECT ?, {audience_sql}, 'person', p.id, ?, p.phone, p.village_code, "
-        f"p.household_id, {priority_sql}, 'pending', 0, ?, ? "
+        f"SELECT {_WARNING_SEQ}, {audience_sql}, p.id, ?, p.village_code, {priority_sql}, "
+        "'pending', 0, ?, ? "
         f"FROM persons p WHERE p.phone IS NOT NULL "
         f"AND p.village_code IN ({_COVERED_AREAS}){matches}"
     )

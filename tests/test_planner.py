@@ -79,7 +79,8 @@ def _rows(store: SqliteStore, warning_id: str) -> set[tuple[str, str, str, int]]
         return {
             (r[0], r[1], r[2], r[3])
             for r in conn.execute(
-                "SELECT target_id, channel, audience, priority FROM deliveries WHERE warning_id=?",
+                "SELECT target_id, channel, audience, priority FROM deliveries "
+                "WHERE warning_seq = (SELECT seq FROM warnings WHERE id = ?)",
                 (warning_id,),
             )
         }
@@ -227,3 +228,21 @@ async def test_delivery_events_are_append_only(store: SqliteStore, policy: Polic
             conn.execute("DELETE FROM delivery_events")
     finally:
         conn.close()
+
+
+async def test_stopping_one_warning_leaves_the_others_alone(
+    store: SqliteStore, policy: Policy
+) -> None:
+    first = _warning((VILLAGE_A1a,))
+    second = _warning((CITY,))
+    third = _warning((COUNTY_B,))
+    n_first = await _plan(store, policy, first)
+    n_second = await _plan(store, policy, second)
+    n_third = await _plan(store, policy, third)
+    cancel = _warning((CITY,), msg_type=MsgType.CANCEL)
+    await store.create_warning(cancel, idempotency=None, cancels=[second.id], now=time.time())
+    assert await store.delivery_state_counts(first.id) == {"pending": n_first}
+    assert await store.delivery_state_counts(second.id) == {"cancelled": n_second}
+    assert await store.delivery_state_counts(third.id) == {"pending": n_third}
+    events = await store.warning_events(second.id, limit=10_000)
+    assert len([e for e in events if e.delivery_id is not None]) == n_second

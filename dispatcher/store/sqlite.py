@@ -44,6 +44,7 @@ T = TypeVar("T")
 
 _OPEN = tuple(s.value for s in OPEN_DELIVERY_STATES)
 _OPEN_SQL = ", ".join(f"'{s}'" for s in _OPEN)
+_SEQ_OF = "(SELECT seq FROM warnings WHERE id = ?)"
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -380,6 +381,12 @@ class SqliteStore:
                     (warning_id, first_id, last_id),
                 )
                 count = int(last_id) - int(first_id)
+                if count:
+                    conn.execute(
+                        "INSERT INTO delivery_ranges (warning_seq, first_id, last_id) "
+                        f"VALUES ({_SEQ_OF}, ?, ?)",
+                        (warning_id, first_id + 1, last_id),
+                    )
                 conn.execute(
                     "UPDATE warnings SET planned_at = ? WHERE id = ?", (_iso(now), warning_id)
                 )
@@ -405,7 +412,9 @@ class SqliteStore:
     async def delivery_state_counts(self, warning_id: str) -> dict[str, int]:
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             rows = conn.execute(
-                "SELECT state, count(*) FROM deliveries WHERE warning_id = ? GROUP BY state",
+                "SELECT d.state, count(*) FROM delivery_ranges r JOIN deliveries d "
+                "ON d.id BETWEEN r.first_id AND r.last_id "
+                f"WHERE r.warning_seq = {_SEQ_OF} GROUP BY d.state",
                 (warning_id,),
             )
             return {state: int(n) for state, n in rows}
@@ -504,17 +513,22 @@ def _stop_warning(
         DeliveryState.SUPERSEDED if state is WarningState.SUPERSEDED else DeliveryState.CANCELLED
     )
     reason = f"{state.value} by {by}"
-    conn.execute(
-        "INSERT INTO delivery_events (at, warning_id, delivery_id, state, attempt, reason) "
-        f"SELECT ?, warning_id, id, ?, attempts, ? FROM deliveries "
-        f"WHERE warning_id = ? AND state IN ({_OPEN_SQL})",
-        (now, delivery_state.value, reason, warning_id),
-    )
-    conn.execute(
-        f"UPDATE deliveries SET state = ?, updated_at = ? "
-        f"WHERE warning_id = ? AND state IN ({_OPEN_SQL})",
-        (delivery_state.value, now, warning_id),
-    )
+    ranges = conn.execute(
+        f"SELECT first_id, last_id FROM delivery_ranges WHERE warning_seq = {_SEQ_OF}",
+        (warning_id,),
+    ).fetchall()
+    for first_id, last_id in ranges:
+        conn.execute(
+            "INSERT INTO delivery_events (at, warning_id, delivery_id, state, attempt, reason) "
+            "SELECT ?, ?, id, ?, attempts, ? FROM deliveries "
+            f"WHERE id BETWEEN ? AND ? AND state IN ({_OPEN_SQL})",
+            (now, warning_id, delivery_state.value, reason, first_id, last_id),
+        )
+        conn.execute(
+            "UPDATE deliveries SET state = ?, updated_at = ? "
+            f"WHERE id BETWEEN ? AND ? AND state IN ({_OPEN_SQL})",
+            (delivery_state.value, now, first_id, last_id),
+        )
     _log_warning_event(conn, warning_id, state.value, now, {"by": by})
 
 

@@ -382,7 +382,12 @@ async def test_events_are_paged_by_id(api: Api) -> None:
     assert states[-1] == "cancelled"
     assert (
         states.count("cancelled")
-        == 1 + api.sql("SELECT count(*) FROM deliveries WHERE warning_id = ?", (body["id"],))[0][0]
+        == 1
+        + api.sql(
+            "SELECT count(*) FROM deliveries d JOIN warnings w ON w.seq = d.warning_seq "
+            "WHERE w.id = ?",
+            (body["id"],),
+        )[0][0]
     )
     assert rest["more"] is False
 
