@@ -115,7 +115,9 @@ class WarningService:
         supersedes = [t.id for t in targets] if data.msg_type is MsgType.UPDATE else []
         cancels = [t.id for t in targets] if data.msg_type is MsgType.CANCEL else []
 
-        expires = data.expires or now_dt + timedelta(seconds=self._cap.default_expiry)
+        expires = data.expires or (now_dt + timedelta(seconds=self._cap.default_expiry)).replace(
+            microsecond=0
+        )
         if expires <= now_dt:
             raise WarningRejected(
                 "expired", f"expires {expires.isoformat()} is in the past", field="expires"
@@ -147,7 +149,7 @@ class WarningService:
             description=data.description,
             instruction=data.instruction,
             area_codes=tuple(dict.fromkeys(area_codes)),
-            area_desc=data.area_desc,
+            area_desc=data.area_desc or await self._area_names(area_codes),
             expires=expires,
             urgency=data.urgency.value,
             certainty=data.certainty.value,
@@ -197,9 +199,9 @@ class WarningService:
             warning_id=warning.id,
             msg_type=warning.msg_type.value,
             status=warning.status.value,
-            level=warning.level.value,
+            warning_level=warning.level.value,
             areas=len(warning.area_codes),
-            by=principal.name,
+            principal=principal.name,
         )
         self._on_created(warning.id)
         return Submission(warning, created=True)
@@ -276,6 +278,13 @@ class WarningService:
         if existing is None:  # idempotency rows reference stored warnings
             raise RuntimeError(f"idempotency key points at missing {warning_id}")
         return Submission(existing, created=False)
+
+    async def _area_names(self, codes: Sequence[str]) -> str:
+        """The areas' names (e.g. "商州区、洛南县"), for a warning posted without areaDesc."""
+        wanted = set(codes)
+        areas = await self._store.areas_with_ancestors(list(codes))
+        by_code = {a.code: a.name for a in areas if a.code in wanted}
+        return "、".join(by_code.get(code, code) for code in codes)[:_AREA_DESC_LIMIT]
 
     async def _active_warning(self, warning_id: str) -> WarningRecord:
         old = await self._store.get_warning(warning_id)

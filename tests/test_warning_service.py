@@ -79,6 +79,7 @@ async def test_accepted_warning_gets_defaults_audit_and_is_queued(harness: Harne
     assert sub.created
     warning = sub.warning
     assert warning.area_codes == (COUNTY_A,)  # 6-digit GB2260 normalised
+    assert warning.area_desc == "商州区"  # named from the directory when not given
     assert warning.sender == "yjj@shangluo"
     assert warning.expires == NOW + timedelta(hours=1)
     assert warning.identifier.startswith("tocsin-")
