@@ -71,12 +71,12 @@ async def serve(
         log.info("store open", path=str(config.store_path))
         await ensure_directory(config, store)
 
-        planner = PlanningWorker(store, lambda: config.policy)
+        registry = CollectorRegistry()
+        planner = PlanningWorker(store, lambda: config.policy, registry=registry)
         await planner.start()
         stack.push_async_callback(planner.stop)
         service = WarningService(store, config.settings.cap, on_created=planner.enqueue)
 
-        registry = CollectorRegistry()
         app = create_app(
             ApiDeps(
                 store=store,

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dispatcher.planner import plan_statements
 from dispatcher.policy import Policy
@@ -27,7 +28,9 @@ class PlanningWorker:
         policy: Callable[[], Policy],
         *,
         clock: Callable[[], float] = time.time,
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        self._metrics = _PlanningMetrics(registry or CollectorRegistry())
         self._store = store
         self._policy = policy
         self._clock = clock
@@ -44,6 +47,7 @@ class PlanningWorker:
     def enqueue(self, warning_id: str) -> None:
         self._idle.clear()
         self._queue.put_nowait(warning_id)
+        self._metrics.queued.set(self._queue.qsize())
 
     async def start(self) -> None:
         for warning_id in await self._store.unplanned_warning_ids():
@@ -76,6 +80,8 @@ class PlanningWorker:
             try:
                 result = await self.plan_now(warning_id)
                 if result.planned:
+                    self._metrics.seconds.observe(result.seconds)
+                    self._metrics.deliveries.inc(result.deliveries)
                     log.info(
                         "warning planned",
                         deliveries=result.deliveries,
@@ -85,9 +91,32 @@ class PlanningWorker:
                 raise
             except Exception:
                 # The warning stays unplanned in the store; the next start retries it.
+                self._metrics.failures.inc()
                 log.exception("planning failed")
             finally:
                 structlog.contextvars.reset_contextvars(**bound)
                 self._queue.task_done()
+                self._metrics.queued.set(self._queue.qsize())
                 if self._queue.empty():
                     self._idle.set()
+
+
+class _PlanningMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.seconds = Histogram(
+            "tocsin_plan_seconds",
+            "Time to plan one warning (one transaction).",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 20, 60),
+            registry=registry,
+        )
+        self.deliveries = Counter(
+            "tocsin_deliveries_planned", "Delivery rows created by the planner.", registry=registry
+        )
+        self.failures = Counter(
+            "tocsin_plan_failures",
+            "Plans that failed (retried at the next start).",
+            registry=registry,
+        )
+        self.queued = Gauge(
+            "tocsin_plan_queue", "Accepted warnings waiting to be planned.", registry=registry
+        )

@@ -138,7 +138,7 @@ def _cli(url: str, token: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def _check_cli_warn_and_status(url: str, tmp_path: Path) -> None:
+async def _check_cli_warn_and_status(url: str, tmp_path: Path) -> int:
     posted = await asyncio.to_thread(
         _cli,
         url,
@@ -179,6 +179,7 @@ async def _check_cli_warn_and_status(url: str, tmp_path: Path) -> None:
     )
     assert refused.returncode == 1
     assert "forbidden" in refused.stdout
+    return int(plan["total"])  # type: ignore[call-overload]
 
 
 @pytest.mark.slow
@@ -204,7 +205,18 @@ async def test_serve_post_plan_restart(tmp_path: Path) -> None:
         assert headers["Location"] == f"/v1/warnings/{warning_id}"
         plan = await _wait_planned(daemon.url, warning_id)
         assert plan["total"] == _expected_red_deliveries(tmp_path / "tocsin.db", "611002000000")
-        await _check_cli_warn_and_status(daemon.url, tmp_path)
+        blue_total = await _check_cli_warn_and_status(daemon.url, tmp_path)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{daemon.url}/metrics") as response,
+        ):
+            metrics = await response.text()
+        planned = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("tocsin_deliveries_planned_total ")
+        ]
+        assert planned == [f"tocsin_deliveries_planned_total {float(plan['total'] + blue_total)}"]
     finally:
         code, output = daemon.stop()
     assert code == 0, output
