@@ -70,6 +70,12 @@ class PlanningWorker:
         if warning is None:
             raise LookupError(warning_id)
         now = self._clock()
+        if warning.expires.timestamp() <= now:
+            # Accepted, then the daemon was down past its expiry: sending it now would warn
+            # people of something that is over. Recorded, never silently dropped.
+            if await self._store.expire_warning(warning_id, now=now):
+                log.warning("warning expired before it was planned", warning_id=warning_id)
+            return PlanResult(warning_id, 0, 0.0, planned=False)
         statements = plan_statements(warning, self._policy(), now=now)
         return await self._store.execute_plan(warning_id, statements, now=now)
 

@@ -129,6 +129,10 @@ class Store(Protocol):
         """Store a new warning (and its idempotency key) in one transaction. Warnings named in
         ``supersedes`` / ``cancels`` change state and their open deliveries stop at once."""
 
+    async def expire_warning(self, warning_id: str, *, now: float) -> bool:
+        """Mark an active warning expired and its open deliveries expired; False when it was
+        not active."""
+
     async def idempotent_warning_id(self, claim: IdempotencyClaim) -> str | None:
         """The warning stored under this principal's key, or None when the key is new. Raises
         IdempotencyConflict when the key was used with a different request hash."""

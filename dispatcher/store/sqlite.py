@@ -275,6 +275,19 @@ class SqliteStore:
             _stop_warning(conn, old_id, WarningState.CANCELLED, warning.id, now)
         return CreateResult(warning.id, created=True)
 
+    async def expire_warning(self, warning_id: str, *, now: float) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                changed = _stop_warning(conn, warning_id, WarningState.EXPIRED, None, now)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return changed
+
+        return await self._write(run)
+
     async def idempotent_warning_id(self, claim: IdempotencyClaim) -> str | None:
         def run(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
@@ -501,18 +514,26 @@ def _warning_from_row(row: Sequence[Any]) -> WarningRecord:
     )
 
 
+_DELIVERY_STATE_WHEN_STOPPED = {
+    WarningState.SUPERSEDED: DeliveryState.SUPERSEDED,
+    WarningState.CANCELLED: DeliveryState.CANCELLED,
+    WarningState.EXPIRED: DeliveryState.EXPIRED,
+}
+
+
 def _stop_warning(
-    conn: sqlite3.Connection, warning_id: str, state: WarningState, by: str, now: float
-) -> None:
-    """Mark a warning superseded or cancelled and stop its open deliveries, logging each."""
-    conn.execute(
+    conn: sqlite3.Connection, warning_id: str, state: WarningState, by: str | None, now: float
+) -> bool:
+    """Mark an active warning superseded, cancelled or expired and stop its open deliveries,
+    logging each; False when the warning was not active."""
+    changed = conn.execute(
         "UPDATE warnings SET state = ?, superseded_by = ? WHERE id = ? AND state = 'active'",
         (state.value, by, warning_id),
-    )
-    delivery_state = (
-        DeliveryState.SUPERSEDED if state is WarningState.SUPERSEDED else DeliveryState.CANCELLED
-    )
-    reason = f"{state.value} by {by}"
+    ).rowcount
+    if not changed:
+        return False
+    delivery_state = _DELIVERY_STATE_WHEN_STOPPED[state]
+    reason = f"{state.value} by {by}" if by else state.value
     ranges = conn.execute(
         f"SELECT first_id, last_id FROM delivery_ranges WHERE warning_seq = {_SEQ_OF}",
         (warning_id,),
@@ -529,7 +550,8 @@ def _stop_warning(
             f"WHERE id BETWEEN ? AND ? AND state IN ({_OPEN_SQL})",
             (delivery_state.value, now, first_id, last_id),
         )
-    _log_warning_event(conn, warning_id, state.value, now, {"by": by})
+    _log_warning_event(conn, warning_id, state.value, now, {"by": by} if by else {})
+    return True
 
 
 def _log_warning_event(

@@ -1,0 +1,87 @@
+"""The planning worker: plans what was accepted, picks up what a crash left unplanned, and
+records a warning that expired while the daemon was down instead of sending it late."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from small_directory import COUNTY_A, fill_small_directory
+
+from dispatcher.config import load_policy
+from dispatcher.domain import Level, MsgType, Status, WarningRecord, WarningState
+from dispatcher.planning_worker import PlanningWorker
+from dispatcher.store.sqlite import SqliteStore
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY = load_policy(ROOT / "config" / "policy.toml")
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    db = tmp_path / "t.db"
+    opened = await SqliteStore.open(db)
+    fill_small_directory(db)
+    yield opened
+    await opened.close()
+
+
+def _warning(ident: str, expires_in: timedelta) -> WarningRecord:
+    now = datetime.now(UTC)
+    return WarningRecord(
+        id=ident,
+        identifier=ident,
+        sender="test@tocsin",
+        sent=now,
+        status=Status.EXERCISE,
+        msg_type=MsgType.ALERT,
+        level=Level.RED,
+        event="暴雨",
+        headline="暴雨红色预警",
+        description="",
+        instruction="",
+        area_codes=(COUNTY_A,),
+        expires=now + expires_in,
+    )
+
+
+async def test_unplanned_warnings_are_planned_at_start(store: SqliteStore) -> None:
+    for ident in ("left-1", "left-2"):
+        await store.create_warning(
+            _warning(ident, timedelta(hours=1)), idempotency=None, now=time.time()
+        )
+    assert await store.unplanned_warning_ids() == ["left-1", "left-2"]
+    registry = CollectorRegistry()
+    worker = PlanningWorker(store, lambda: POLICY, registry=registry)
+    await worker.start()
+    try:
+        assert worker.running
+        await worker.wait_idle()
+    finally:
+        await worker.stop()
+    assert not worker.running
+    assert await store.unplanned_warning_ids() == []
+    planned = sum(c.count for c in await store.plan_counts("left-1"))
+    assert planned > 0
+    assert sum(c.count for c in await store.plan_counts("left-2")) == planned
+    assert registry.get_sample_value("tocsin_deliveries_planned_total") == 2 * planned
+
+
+async def test_warning_expired_before_planning_is_recorded_not_sent(store: SqliteStore) -> None:
+    await store.create_warning(
+        _warning("late", timedelta(minutes=5)), idempotency=None, now=time.time()
+    )
+    # The daemon comes back ten minutes later.
+    worker = PlanningWorker(store, lambda: POLICY, clock=lambda: time.time() + 600)
+    result = await worker.plan_now("late")
+    assert not result.planned
+    warning = await store.get_warning("late")
+    assert warning is not None and warning.state is WarningState.EXPIRED
+    assert await store.delivery_state_counts("late") == {}
+    assert await store.unplanned_warning_ids() == []
+    events = [e.state for e in await store.warning_events("late")]
+    assert events == ["received", "expired"]
