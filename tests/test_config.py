@@ -8,9 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from dispatcher.cli import main as cli_main
-from dispatcher.config import ConfigError, load_config, load_policy
+from dispatcher.config import ConfigError, TocsinConfig, TokenConfig, load_config, load_policy
 from dispatcher.durations import parse_duration
 from dispatcher.secrets import SecretError, resolve_secret
 
@@ -201,3 +202,38 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     path = _config_dir(tmp_path, "[store]\npaht = 'x'\n")
     assert cli_main(["check-config", str(path)]) == 2
     assert f"{path}: store.paht: unknown key" in capsys.readouterr().err
+
+
+def _option_paths(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
+    """(section, key) for every option of the config model, nested models expanded."""
+    found: list[tuple[str, str]] = []
+    for name, info in model.model_fields.items():
+        inner = info.annotation
+        candidates = [inner, *getattr(inner, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if name == "tokens":  # an array of tables, checked key by key below
+            continue
+        if nested:
+            found += _option_paths(nested[0], f"{prefix}{name}.")
+        else:
+            found.append((prefix.rstrip("."), name))
+    return found
+
+
+def test_production_template_documents_every_option() -> None:
+    text = (ROOT / "config" / "production.toml").read_text(encoding="utf-8")
+    lines = [line.lstrip("# ").strip() for line in text.splitlines()]
+    missing = []
+    for section, key in _option_paths(TocsinConfig):
+        header = f"[{section}]"
+        in_section = header in lines or f"[[{section}]]" in lines
+        if not in_section or not any(line.startswith(f"{key} =") for line in lines):
+            missing.append(f"{section}.{key}")
+    assert "[[api.tokens]]" in lines
+    token_keys = [k for _, k in _option_paths(TokenConfig)]
+    missing += [
+        f"api.tokens.{k}"
+        for k in token_keys
+        if not any(line.startswith(f"{k} =") for line in lines)
+    ]
+    assert missing == []
