@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from dispatcher.api import routes_admin, routes_ops, routes_warnings_read, routes_warnings_write
+from dispatcher.api import (
+    routes_admin,
+    routes_areas,
+    routes_ops,
+    routes_warnings_read,
+    routes_warnings_write,
+)
 from dispatcher.api.auth import auth_middleware
 from dispatcher.api.deps import DEPS_KEY, ApiDeps
 from dispatcher.api.errors import error_middleware
@@ -21,6 +27,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *routes_warnings_write.ENDPOINTS,
     *routes_warnings_read.ENDPOINTS,
     *routes_admin.ENDPOINTS,
+    *routes_areas.ENDPOINTS,
     *routes_ops.ENDPOINTS,
 )
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from dispatcher.api.request_input import CAP_MEDIA_TYPES, IDEMPOTENCY_HEADER, JSON_MEDIA_TYPE
 from dispatcher.api.routing import Endpoint
-from dispatcher.domain import Status, WarningState
+from dispatcher.domain import AreaLevel, DeviceKind, Status, WarningState
 from dispatcher.warning_input import CancelRequest, WarningChange, WarningInput
 
 OPENAPI_KEY = web.AppKey("tocsin_openapi", dict[str, Any])
@@ -52,6 +52,14 @@ _AREA_CODE_ITEM: Schema = {
     "type": "string",
     "pattern": r"^\d{6}(\d{6})?$",
     "description": "12-digit statistical code, or a 6-digit GB2260 code (county and above)",
+}
+
+_AREA_CODE_PATTERN = r"^[0-9]{6}([0-9]{6})?$"
+_AREA_PROPERTIES: dict[str, Schema] = {
+    "code": {"type": "string", "pattern": r"^[0-9]{12}$"},
+    "name": _STRING,
+    "level": _ref("AreaLevel"),
+    "parent_code": _nullable(_STRING),
 }
 
 _LINKS = _object({name: _STRING for name in ("self", "cap", "plan", "events", "update", "cancel")})
@@ -192,6 +200,45 @@ _RESPONSE_SCHEMAS: dict[str, Schema] = {
         }
     ),
     "DirectorySummary": _object({"counts": _COUNTS_BY_NAME}),
+    "AreaLevel": {"type": "string", "enum": [level.value for level in AreaLevel]},
+    "AreaCounts": {
+        **_object(
+            {
+                "villages": _COUNT,
+                "grids": _COUNT,
+                "households": _COUNT,
+                "persons": _COUNT,
+                "persons_with_phone": _COUNT,
+                "devices": _object({kind.value: _COUNT for kind in DeviceKind}),
+            }
+        ),
+        "description": "What lies in the area and beneath it (a village counts as one village); "
+        "devices by kind, counted where they are installed",
+    },
+    "AreaRef": _object(_AREA_PROPERTIES),
+    "Area": _object(
+        {**_AREA_PROPERTIES, "counts": _ref("AreaCounts")},
+        optional=("counts",),
+    ),
+    "AreaList": _object(
+        {
+            "areas": {"type": "array", "items": _ref("Area")},
+            "next": _nullable(
+                {"type": "string", "description": "pass as `after` for the following page"}
+            ),
+        }
+    ),
+    "AreaDetail": _object(
+        {
+            **_AREA_PROPERTIES,
+            "ancestors": {
+                "type": "array",
+                "items": _ref("AreaRef"),
+                "description": "the areas above it, from the top down to its parent",
+            },
+            "counts": _ref("AreaCounts"),
+        }
+    ),
     "ServiceStatus": _object({"status": _STRING}),
 }
 
@@ -209,9 +256,9 @@ _ERROR_DESCRIPTIONS = {
 }
 
 
-def _error(status: int) -> Schema:
+def _error(status: int, description: str | None = None) -> Schema:
     return {
-        "description": _ERROR_DESCRIPTIONS[status],
+        "description": description or _ERROR_DESCRIPTIONS[status],
         "content": {JSON_MEDIA_TYPE: {"schema": _ref("Error")}},
     }
 
@@ -409,6 +456,65 @@ def _operations() -> dict[str, Schema]:
             "tags": ["directory"],
             "summary": "How many areas, grids, households, persons and devices the directory holds",
             "responses": {"200": _json("Row counts", "DirectorySummary")},
+        },
+        "listAreas": {
+            "tags": ["directory"],
+            "summary": "Find the areas to warn: an area's children, or a search by name and level",
+            "description": "Without `q` and `level`: the direct children of `parent`, or the top "
+            "areas. With `q` or `level`: every area beneath `parent` (or in the whole "
+            "directory) whose name contains `q` and whose level is `level`. By code; each "
+            "with what lies beneath it unless `counts=false`.",
+            "parameters": [
+                _query(
+                    "parent",
+                    {"type": "string", "pattern": _AREA_CODE_PATTERN},
+                    "an area code (12 digits, or 6 for GB2260): its children, or where to search",
+                ),
+                _query(
+                    "q",
+                    {"type": "string", "minLength": 1, "maxLength": 100},
+                    "part of the name, e.g. 大荆",
+                ),
+                _query("level", _ref("AreaLevel"), "only areas of this level"),
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
+                    "page size",
+                ),
+                _query(
+                    "after",
+                    {"type": "string", "pattern": _AREA_CODE_PATTERN},
+                    "an area code: list the areas after it (the `next` of a page)",
+                ),
+                _query(
+                    "counts",
+                    {"type": "boolean", "default": True},
+                    "false: leave out the counts (a quicker answer)",
+                ),
+            ],
+            "responses": {
+                "200": _json("A page of areas", "AreaList"),
+                "400": _error(400, "A malformed parameter, or a `parent` that is no area"),
+            },
+        },
+        "getArea": {
+            "tags": ["directory"],
+            "summary": "One area: the path down to it and what lies beneath it",
+            "parameters": [
+                {
+                    "name": "code",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": _AREA_CODE_PATTERN},
+                    "description": "12-digit statistical code, or a 6-digit GB2260 code "
+                    "(county and above)",
+                }
+            ],
+            "responses": {
+                "200": _json("The area", "AreaDetail"),
+                "400": _error(400, "Not an area code"),
+                "404": _error(404, "No such area"),
+            },
         },
         "healthz": {
             "tags": ["operations"],

@@ -178,3 +178,32 @@ def query_enum(request: web.Request, name: str, kind: type[E]) -> E | None:
             return member
     allowed = ", ".join(str(m.value) for m in kind)
     raise ApiError(400, "invalid_parameter", f"{name} must be one of {allowed}", field=name)
+
+
+def query_bool(request: web.Request, name: str, *, default: bool) -> bool:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if raw in ("true", "false"):
+        return raw == "true"
+    raise ApiError(400, "invalid_parameter", f"{name} must be true or false", field=name)
+
+
+def query_text(request: web.Request, name: str, *, max_length: int) -> str | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        raw.encode("utf-8")  # lone surrogates from a malformed percent-encoding
+    except UnicodeEncodeError:
+        valid = False
+    else:
+        valid = 1 <= len(raw) <= max_length
+    if not valid:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"{name} must be 1 to {max_length} characters of text",
+            field=name,
+        )
+    return raw

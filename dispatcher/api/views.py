@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dispatcher.domain import WarningRecord
-from dispatcher.store.base import AuditEntry, DeliveryEvent
+from dispatcher.store.base import AreaCounts, AreaRow, AuditEntry, DeliveryEvent
 
 
 def warning_path(warning_id: str) -> str:
@@ -89,4 +89,24 @@ def audit_view(entry: AuditEntry) -> dict[str, Any]:
         "action": entry.action,
         "target": entry.target,
         "detail": entry.detail,
+    }
+
+
+def area_view(area: AreaRow) -> dict[str, Any]:
+    return {
+        "code": area.code,
+        "name": area.name,
+        "level": area.level,
+        "parent_code": area.parent_code,
+    }
+
+
+def area_counts_view(counts: AreaCounts) -> dict[str, Any]:
+    return {
+        "villages": counts.villages,
+        "grids": counts.grids,
+        "households": counts.households,
+        "persons": counts.persons,
+        "persons_with_phone": counts.persons_with_phone,
+        "devices": dict(sorted(counts.devices.items())),
     }

@@ -23,6 +23,19 @@ class AreaRow:
 
 
 @dataclass(frozen=True, slots=True)
+class AreaCounts:
+    """What lies beneath an area, the area itself included (a village counts as one village)."""
+
+    villages: int = 0
+    grids: int = 0
+    households: int = 0
+    persons: int = 0
+    persons_with_phone: int = 0
+    #: Devices installed in the area or beneath it, by kind; every kind is present.
+    devices: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class PlanCountRow:
     area_code: str
     audience: str
@@ -115,6 +128,30 @@ class Store(Protocol):
 
     async def areas_with_ancestors(self, codes: Sequence[str]) -> list[AreaRow]:
         """The given areas and every ancestor of them."""
+
+    async def child_areas(
+        self, parent: str | None, *, after: str | None = None, limit: int
+    ) -> list[AreaRow]:
+        """The direct children of ``parent`` (None: the areas without a parent), by code;
+        ``after`` is a code to page after."""
+
+    async def search_areas(
+        self,
+        *,
+        under: str | None = None,
+        name: str | None = None,
+        level: str | None = None,
+        after: str | None = None,
+        limit: int,
+    ) -> list[AreaRow]:
+        """Areas at any depth beneath ``under`` (None: the whole directory; never ``under``
+        itself) whose name contains ``name`` and whose level is ``level``, by code; ``after``
+        is a code to page after."""
+
+    async def area_counts(self, codes: Sequence[str]) -> dict[str, AreaCounts]:
+        """Villages, grids, households, persons (and those with a phone) and devices by kind
+        beneath each of the given areas (at most a page of them: each is counted on its own,
+        through area_closure). Unknown codes count zero."""
 
     # -- warnings ----------------------------------------------------------------------------
     async def create_warning(

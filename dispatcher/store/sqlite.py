@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from dispatcher.domain import (
     OPEN_DELIVERY_STATES,
     DeliveryState,
+    DeviceKind,
     Level,
     MsgType,
     Status,
@@ -27,6 +28,7 @@ from dispatcher.domain import (
     WarningState,
 )
 from dispatcher.store.base import (
+    AreaCounts,
     AreaRow,
     AuditEntry,
     CreateResult,
@@ -45,6 +47,38 @@ T = TypeVar("T")
 _OPEN = tuple(s.value for s in OPEN_DELIVERY_STATES)
 _OPEN_SQL = ", ".join(f"'{s}'" for s in _OPEN)
 _SEQ_OF = "(SELECT seq FROM warnings WHERE id = ?)"
+
+_AREA_COLUMNS = "a.code, a.name, a.level, a.parent_code"
+
+
+def _beneath(count: str, join: str, where: str = "") -> str:
+    """A count per listed area (``{codes}``: its placeholders) over what lies beneath it."""
+    return (
+        f"SELECT c.ancestor, {count} FROM area_closure c {join} "
+        f"WHERE c.ancestor IN ({{codes}}){where} GROUP BY c.ancestor"
+    )
+
+
+_GRIDS_BENEATH = "JOIN grids g ON g.village_code = c.descendant"
+_PERSONS_BENEATH = "JOIN persons p ON p.village_code = c.descendant"
+#: The counts beneath areas, each grouped by the area. Each starts from the areas' own closure
+#: rows (by primary key) and reaches the directory through an index (grids_village,
+#: households_grid, persons_village, persons_village_no_phone, devices_area) without reading
+#: table rows, so the work is the size of the areas asked about, not of the whole directory.
+#: tests/api/test_areas.py checks the query plans.
+AREA_COUNT_QUERIES: dict[str, str] = {
+    "villages": _beneath(
+        "count(*)", "JOIN areas a ON a.code = c.descendant", " AND a.level = 'village'"
+    ),
+    "grids": _beneath("count(*)", _GRIDS_BENEATH),
+    "households": _beneath("count(*)", f"{_GRIDS_BENEATH} JOIN households h ON h.grid_id = g.id"),
+    "persons": _beneath("count(*)", _PERSONS_BENEATH),
+    # The few without a phone (a small partial index); the API reports everyone else.
+    "persons_without_phone": _beneath("count(*)", _PERSONS_BENEATH, " AND p.phone IS NULL"),
+    # Where a device is installed, as the plan counts it; one row per area and kind.
+    "devices": _beneath("d.kind, count(*)", "JOIN devices d ON d.area_code = c.descendant")
+    + ", d.kind",
+}
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -162,6 +196,101 @@ class SqliteStore:
                 for code, name, level, parent in rows:
                     out[code] = AreaRow(code, name, level, parent)
             return list(out.values())
+
+        return await self._read(run)
+
+    async def child_areas(
+        self, parent: str | None, *, after: str | None = None, limit: int
+    ) -> list[AreaRow]:
+        # areas_parent holds (parent_code, code): the page is a range of the index, in order.
+        where = "a.parent_code IS NULL" if parent is None else "a.parent_code = ?"
+        params: list[Any] = [] if parent is None else [parent]
+
+        def run(conn: sqlite3.Connection) -> list[AreaRow]:
+            rows = conn.execute(
+                f"SELECT {_AREA_COLUMNS} FROM areas a WHERE {where} AND a.code > ? "
+                "ORDER BY a.code LIMIT ?",
+                [*params, after or "", limit],
+            )
+            return [AreaRow(*r) for r in rows]
+
+        return await self._read(run)
+
+    async def search_areas(
+        self,
+        *,
+        under: str | None = None,
+        name: str | None = None,
+        level: str | None = None,
+        after: str | None = None,
+        limit: int,
+    ) -> list[AreaRow]:
+        # Beneath an area: its closure rows, a range of the primary key in code order. The whole
+        # directory: the areas table in code order (a few thousand rows for a city). Either way
+        # the page is read in order from the cursor on, without a sort.
+        key = "a.code" if under is None else "c.descendant"
+        where = [f"{key} > ?"]
+        params: list[Any] = [after or ""]
+        if name is not None:
+            # instr, not LIKE: '%' and '_' in a name are just characters.
+            where.append("instr(a.name, ?) > 0")
+            params.append(name)
+        if level is not None:
+            where.append("a.level = ?")
+            params.append(level)
+        if under is None:
+            source = "areas a"
+        else:
+            source = "area_closure c JOIN areas a ON a.code = c.descendant"
+            where[:0] = ["c.ancestor = ?", "c.depth > 0"]
+            params.insert(0, under)
+
+        def run(conn: sqlite3.Connection) -> list[AreaRow]:
+            rows = conn.execute(
+                f"SELECT {_AREA_COLUMNS} FROM {source} WHERE {' AND '.join(where)} "
+                f"ORDER BY {key} LIMIT ?",
+                [*params, limit],
+            )
+            return [AreaRow(*r) for r in rows]
+
+        return await self._read(run)
+
+    async def area_counts(self, codes: Sequence[str]) -> dict[str, AreaCounts]:
+        wanted = list(dict.fromkeys(codes))
+
+        def run(conn: sqlite3.Connection) -> dict[str, AreaCounts]:
+            totals: dict[str, dict[str, int]] = {code: {} for code in wanted}
+            devices: dict[str, dict[str, int]] = {
+                code: dict.fromkeys((k.value for k in DeviceKind), 0) for code in wanted
+            }
+            # One read transaction: every count from the same snapshot, even during an import
+            # (persons_with_phone is the difference of two of them).
+            conn.execute("BEGIN")
+            try:
+                for chunk in _chunks(wanted, 500):
+                    marks = ",".join("?" * len(chunk))
+                    for name, sql in AREA_COUNT_QUERIES.items():
+                        rows = conn.execute(sql.format(codes=marks), chunk)
+                        if name == "devices":
+                            for code, kind, n in rows:
+                                devices[code][kind] = int(n)
+                        else:
+                            for code, n in rows:
+                                totals[code][name] = int(n)
+            finally:
+                conn.execute("COMMIT")
+            result: dict[str, AreaCounts] = {}
+            for code in wanted:
+                persons = totals[code].get("persons", 0)
+                result[code] = AreaCounts(
+                    villages=totals[code].get("villages", 0),
+                    grids=totals[code].get("grids", 0),
+                    households=totals[code].get("households", 0),
+                    persons=persons,
+                    persons_with_phone=persons - totals[code].get("persons_without_phone", 0),
+                    devices=devices[code],
+                )
+            return result
 
         return await self._read(run)
 

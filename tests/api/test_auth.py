@@ -10,7 +10,7 @@ import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from api.harness import TOKENS, Api, red_warning
+from api.harness import COUNTY, TOKENS, Api, red_warning
 from dispatcher.api.app import ENDPOINTS
 from dispatcher.config import ApiRole
 
@@ -45,6 +45,8 @@ CALLS = [
     Call("GET", "/v1/warnings/{id}/events", EVERYONE),
     Call("GET", "/v1/audit", frozenset({ADMIN})),
     Call("GET", "/v1/directory/summary", EVERYONE),
+    Call("GET", "/v1/areas", EVERYONE),
+    Call("GET", "/v1/areas/{code}", EVERYONE),
     Call("GET", "/v1/openapi.json", None),
     Call("GET", "/healthz", None),
     Call("GET", "/readyz", None),
@@ -59,7 +61,7 @@ def test_the_matrix_covers_every_route() -> None:
 @pytest.mark.parametrize("call", CALLS, ids=lambda c: f"{c.method} {c.path}")
 async def test_role_matrix(api: Api, call: Call) -> None:
     _, warning, _ = await api.post_warning(red_warning())
-    path = call.path.replace("{id}", warning["id"])
+    path = call.path.replace("{id}", warning["id"]).replace("{code}", COUNTY)
     before = await api.table_counts()
 
     status, body, headers = await api.call(call.method, path, role=None, json=call.json)

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api.harness import TOKENS, red_warning
+from api.harness import COUNTY, TOKENS, red_warning
 from api.live_server import LiveServer
 from dispatcher.api.app import ENDPOINTS
 from dispatcher.api.openapi import build_openapi
@@ -58,7 +58,8 @@ def served_schema(live_api: LiveServer) -> Any:
 
 def _cases() -> list[Any]:
     """Every operation with valid data; those that take input with invalid data too; those on
-    one warning also with the id of a real warning, so reads and writes get past the 404."""
+    one warning (or area) also with the id of a real warning (the code of a real area), so
+    reads and writes get past the 404."""
     document = build_openapi(ENDPOINTS)
     cases = []
     for endpoint in ENDPOINTS:
@@ -68,7 +69,7 @@ def _cases() -> list[Any]:
         # Invalid data needs something to be invalid in: a parameter or a body.
         if operation.get("parameters") or operation.get("requestBody"):
             cases.append(pytest.param(endpoint, GenerationMode.NEGATIVE, False, id=f"{name} !"))
-        if "{id}" in endpoint.path:
+        if "{id}" in endpoint.path or "{code}" in endpoint.path:
             cases.append(pytest.param(endpoint, GenerationMode.POSITIVE, True, id=f"{name} real"))
     return cases
 
@@ -98,7 +99,11 @@ def test_the_api_keeps_its_documented_promises(
     real_id: bool,
 ) -> None:
     operation = served_schema[endpoint.path][endpoint.method]
-    fixed = {"path_parameters": {"id": real_warning_id}} if real_id else {}
+    real = {"id": real_warning_id, "code": COUNTY}
+    path_parameters = {
+        name: value for name, value in real.items() if f"{{{name}}}" in endpoint.path
+    }
+    fixed = {"path_parameters": path_parameters} if real_id else {}
 
     @settings(
         max_examples=MAX_EXAMPLES,
