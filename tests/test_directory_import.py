@@ -1,9 +1,14 @@
-"""Importing the directory CSV files: values stored, every kind of bad row, transactions."""
+"""Importing the directory CSV files: values stored, every kind of bad row, staging and
+applying in short transactions while the daemon keeps writing."""
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
+import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,15 +16,22 @@ from typing import Any
 import phonenumbers
 import pytest
 
-from dispatcher.directory import ImportReport, import_directory
+from dispatcher.config import SyntheticDirectoryConfig
+from dispatcher.directory import ImportReport, import_directory, importer
+from dispatcher.directory.protocol import OnTransaction
 from dispatcher.directory.report import MAX_STORED_ERRORS
+from dispatcher.directory.staging import STAGING_PREFIX, Staging
 from dispatcher.directory.validate import PhoneParser
 from dispatcher.domain import Role, roles_to_mask
+from dispatcher.store.sqlite import connect
 from dispatcher.store.sqlite_directory import SqliteDirectory
+from dispatcher.synthetic import write_csv
 
 Files = dict[str, list[str]]
 #: The ``write_directory`` fixture (tests/conftest.py).
 WriteDirectory = Callable[..., Path]
+#: The ``dump_directory`` fixture.
+Dump = Callable[[Path], dict[str, list[tuple[Any, ...]]]]
 
 
 def _run(
@@ -30,6 +42,7 @@ def _run(
     skip_bad_rows: bool = False,
     db: Path | None = None,
     folder: str = "csv",
+    chunk_rows: int = importer.APPLY_CHUNK_ROWS,
 ) -> ImportReport:
     write_directory(tmp_path / folder, files)
     return import_directory(
@@ -37,6 +50,7 @@ def _run(
         tmp_path / folder,
         skip_bad_rows=skip_bad_rows,
         progress=False,
+        chunk_rows=chunk_rows,
     )
 
 
@@ -689,3 +703,366 @@ def test_phone_fast_path_agrees_with_phonenumbers() -> None:
     assert sum(parser.number(s) is not None for s in samples) > 1000
     assert sum(parser.number(s) is None for s in samples) > 1000
     assert sum(parser._fast_parse(s) is not None for s in samples) > 3000
+
+
+# -- staging, then applying in short transactions ----------------------------------------------
+
+
+@pytest.fixture
+def staged(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, int]]:
+    """(path, permission bits) of every staging file the importer creates."""
+    created: list[tuple[Path, int]] = []
+
+    class RecordingStaging(Staging):
+        def __init__(self, folder: str | os.PathLike[str] | None = None) -> None:
+            super().__init__(folder)
+            created.append((self.path, self.path.stat().st_mode & 0o777))
+
+    monkeypatch.setattr(importer, "Staging", RecordingStaging)
+    return created
+
+
+def _fail_applying_after(monkeypatch: pytest.MonkeyPatch, table: str, transactions: int) -> None:
+    """Make applying ``table`` fail right after its n-th transaction has committed."""
+    original = SqliteDirectory.apply_staged
+
+    def failing(
+        self: SqliteDirectory,
+        staging: Path,
+        name: str,
+        *,
+        chunk_rows: int,
+        on_transaction: OnTransaction,
+    ) -> int:
+        if name != table:
+            return original(
+                self, staging, name, chunk_rows=chunk_rows, on_transaction=on_transaction
+            )
+        done = 0
+
+        def counting(rows: int, seconds: float) -> None:
+            nonlocal done
+            on_transaction(rows, seconds)
+            done += 1
+            if done == transactions:
+                raise sqlite3.OperationalError("disk I/O error")
+
+        return original(self, staging, name, chunk_rows=chunk_rows, on_transaction=counting)
+
+    monkeypatch.setattr(SqliteDirectory, "apply_staged", failing)
+
+
+def test_a_bad_last_row_leaves_the_store_exactly_as_it_was(
+    tmp_path: Path,
+    write_directory: WriteDirectory,
+    canonical_directory: Files,
+    dump_directory: Dump,
+) -> None:
+    db = tmp_path / "tocsin.db"
+    assert _run(tmp_path, write_directory, canonical_directory).ok
+    before = dump_directory(db)
+    # Every file changes what is stored, in many chunks, and ends with one bad row.
+    persons_header = canonical_directory["persons.csv"][0]
+    changed = {
+        "areas.csv": [
+            "code,name,level,parent_code",
+            "611002102000,新镇,town,611002000000",
+            "611002101202,西村,village,611002102000",
+            "611002101203,南村,village,611002109000",
+        ],
+        "grids.csv": [
+            "id,village_code,name",
+            "G1,611002101202,西村二组",
+            *(f"G{i},611002101201,新组{i}" for i in range(10, 40)),
+            "G99,611002101000,镇组",
+        ],
+        "households.csv": [
+            "id,grid_id,address",
+            "H1,G2,西村9号",
+            *(f"H{i},G1,新户{i}" for i in range(10, 40)),
+            "H99,G99,无名",
+        ],
+        "persons.csv": [
+            persons_header,
+            *(f"P{i},新人{i},,H1,,grid_member,,,,G2" for i in range(1, 60)),
+            "P99,坏人,12345,H1,,,,,,",
+        ],
+        "devices.csv": [
+            canonical_directory["devices.csv"][0],
+            "TX-1,transmitter,发射机,transmitters,TX-1,611002101000,611002101202",
+            *(f"S{i},loudspeaker,喇叭,speakers,S{i},611002101201," for i in range(30)),
+            "S99,siren,警报器,speakers,S99,611002101201,",
+        ],
+    }
+
+    report = _run(tmp_path, write_directory, changed, folder="changed", chunk_rows=7)
+
+    for name, lines in changed.items():
+        result = report.file(name)
+        assert result.error_count == 1, str(report)
+        assert result.errors[0].line == len(lines)
+        assert (result.committed, result.imported, result.write_transactions) == (False, 0, 0)
+    assert dump_directory(db) == before
+
+
+def test_applying_in_small_chunks_gives_the_same_store(
+    tmp_path: Path,
+    write_directory: WriteDirectory,
+    canonical_directory: Files,
+    dump_directory: Dump,
+) -> None:
+    second = {
+        # A new town, a village moved under it, a village renamed.
+        "areas.csv": [
+            "code,name,level,parent_code",
+            "611002102000,新镇,town,611002000000",
+            "611002101202,西村,village,611002102000",
+            "611002101201,东村村,village,611002101000",
+        ],
+        # G1 moves to 西村: its households and their people go along.
+        "grids.csv": ["id,village_code,name", "G1,611002101202,西村二组"],
+        "persons.csv": [
+            canonical_directory["persons.csv"][0],
+            "P1,张伟,+8613700000000,H1,,grid_member,1,0,,G1",
+            "P3,王芳芳,,H3,,grid_member,0,0,,G1;G2",
+            "P5,钱五,,,611002101201,,0,0,,",
+        ],
+        "devices.csv": [
+            canonical_directory["devices.csv"][0],
+            "TX-1,transmitter,发射机,transmitters,TX-1,611002101000,611002101202",
+            "SPK-2,loudspeaker,西村广播,speakers,SPK-2,611002101202,",
+        ],
+    }
+    dumps = []
+    for chunk_rows in (1, 2, importer.APPLY_CHUNK_ROWS):
+        db = tmp_path / f"chunks-{chunk_rows}.db"
+        first = _run(tmp_path, write_directory, canonical_directory, db=db, chunk_rows=chunk_rows)
+        report = _run(
+            tmp_path, write_directory, second, db=db, folder="second", chunk_rows=chunk_rows
+        )
+        assert first.ok, str(first)
+        assert report.ok, str(report)
+        dumps.append(dump_directory(db))
+
+    assert dumps[0] == dumps[1] == dumps[2]
+    db = tmp_path / "chunks-1.db"
+    assert _rows(
+        db,
+        "SELECT ancestor, depth FROM area_closure WHERE descendant = '611002101202' ORDER BY depth",
+    ) == [
+        ("611002101202", 0),
+        ("611002102000", 1),
+        ("611002000000", 2),
+        ("611000000000", 3),
+        ("610000000000", 4),
+    ]
+    # The old town no longer covers the moved village; the new town: itself and 3 ancestors.
+    assert _rows(
+        db, "SELECT descendant FROM area_closure WHERE ancestor = '611002101000' ORDER BY 1"
+    ) == [("611002101000",), ("611002101201",)]
+    assert _count(db, "area_closure") == 20 + 4
+    assert _rows(db, "SELECT id, village_code FROM persons ORDER BY id") == [
+        ("P1", "611002101202"),
+        ("P2", "611002101202"),
+        ("P3", "611002101202"),
+        ("P4", "611002101202"),
+        ("P5", "611002101201"),
+    ]
+    assert _rows(db, "SELECT grid_id, person_id FROM grid_members ORDER BY 2, 1") == [
+        ("G1", "P1"),
+        ("G1", "P3"),
+        ("G2", "P3"),
+    ]
+    assert _rows(db, "SELECT * FROM device_areas ORDER BY 1, 2") == [
+        ("MDM-1", "611002101000"),
+        ("SPK-1", "611002101201"),
+        ("SPK-2", "611002101202"),
+        ("TX-1", "611002101202"),
+    ]
+
+
+def test_rows_are_applied_in_transactions_of_chunk_rows(
+    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+) -> None:
+    canonical_directory["persons.csv"] += [f"X{i},某人,,H1,,,,,," for i in range(46)]
+
+    report = _run(tmp_path, write_directory, canonical_directory, chunk_rows=10)
+
+    persons = report.file("persons.csv")
+    assert (persons.imported, persons.write_transactions) == (50, 5)
+    assert 0 < persons.longest_write <= persons.write_seconds
+    assert persons.write_seconds <= persons.apply_seconds <= persons.seconds
+    assert report.longest_write >= persons.longest_write
+    assert _count(tmp_path / "tocsin.db", "persons") == 50
+
+
+def test_staging_files_are_private_and_removed(
+    tmp_path: Path,
+    write_directory: WriteDirectory,
+    canonical_directory: Files,
+    staged: list[tuple[Path, int]],
+) -> None:
+    # One per file, beside the database by default.
+    assert _run(tmp_path, write_directory, canonical_directory).ok
+    assert len(staged) == 5
+    assert {path.parent for path, _ in staged} == {tmp_path}
+    assert {mode for _, mode in staged} == {0o600}
+    assert not any(path.exists() for path, _ in staged)
+    assert list(tmp_path.glob(f"{STAGING_PREFIX}*")) == []
+
+    # In the folder asked for; also for a file with errors.
+    staged.clear()
+    folder = tmp_path / "staging"
+    folder.mkdir()
+    canonical_directory["persons.csv"].append("P9,钱七,12345,H1,,,,,,")
+    write_directory(tmp_path / "bad", canonical_directory)
+    report = import_directory(
+        tmp_path / "tocsin.db", tmp_path / "bad", progress=False, staging_dir=folder
+    )
+    assert not report.file("persons.csv").committed
+    assert {path.parent for path, _ in staged} == {folder}
+    assert list(folder.iterdir()) == []
+
+    # The system's temporary folder for an import through a writer.
+    staged.clear()
+    with SqliteDirectory.open(tmp_path / "tocsin.db") as store:
+        assert import_directory(store, tmp_path / "csv", progress=False).ok
+    assert {path.parent for path, _ in staged} == {Path(tempfile.gettempdir())}
+    assert not any(path.exists() for path, _ in staged)
+
+
+def test_an_apply_that_stops_half_way_is_completed_by_importing_again(
+    tmp_path: Path,
+    write_directory: WriteDirectory,
+    canonical_directory: Files,
+    dump_directory: Dump,
+    staged: list[tuple[Path, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    canonical_directory["persons.csv"] += [f"X{i},某人,,H1,,grid_member,,,,G1" for i in range(46)]
+    folder = write_directory(tmp_path / "csv", canonical_directory)
+    db = tmp_path / "tocsin.db"
+    _fail_applying_after(monkeypatch, "persons", transactions=2)
+
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error") as raised:
+        import_directory(db, folder, progress=False, chunk_rows=10)
+
+    assert raised.value.__notes__ == [
+        "persons.csv: applying the file to the store stopped after 20 of its 50 rows: import "
+        "the same file again to complete it (rows are upserted by id)"
+    ]
+    assert _count(db, "persons") == 20  # two chunks went in
+    assert len(staged) == 4
+    assert not any(path.exists() for path, _ in staged)
+
+    monkeypatch.undo()
+    assert import_directory(db, folder, progress=False, chunk_rows=10).ok
+    assert import_directory(tmp_path / "clean.db", folder, progress=False).ok
+    assert dump_directory(db) == dump_directory(tmp_path / "clean.db")
+
+
+#: About 100,000 persons: validating them takes seconds (longer than the writer's busy
+#: timeout below), applying them many transactions.
+_BUSY_CITY = SyntheticDirectoryConfig(
+    counties=1,
+    towns_per_county=5,
+    villages_per_town=10,
+    grids_per_village=8,
+    households_per_grid=80,
+    persons_per_household=3.1,
+    seed=5,
+)
+_WRITE_EVERY = 0.05
+_WRITER_BUSY_TIMEOUT_MS = 2000
+
+
+def test_the_daemon_keeps_writing_while_a_large_directory_is_imported(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    record_property: Callable[[str, object], None],
+) -> None:
+    counts = write_csv(_BUSY_CITY, tmp_path / "csv")
+    db = tmp_path / "tocsin.db"
+    SqliteDirectory.open(db).close()
+    # When each file's rows were being applied.
+    applying: dict[str, tuple[float, float]] = {}
+    original = SqliteDirectory.apply_staged
+
+    def timed(
+        self: SqliteDirectory,
+        staging: Path,
+        table: str,
+        *,
+        chunk_rows: int,
+        on_transaction: OnTransaction,
+    ) -> int:
+        started = time.monotonic()
+        try:
+            return original(
+                self, staging, table, chunk_rows=chunk_rows, on_transaction=on_transaction
+            )
+        finally:
+            applying[table] = (started, time.monotonic())
+
+    monkeypatch.setattr(SqliteDirectory, "apply_staged", timed)
+    outcome: dict[str, Any] = {}
+
+    def run_import() -> None:
+        try:
+            outcome["report"] = import_directory(db, tmp_path / "csv", progress=False)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    # A writer configured like the daemon's, but giving up after 2 s instead of 30 s: a duty
+    # officer posting a warning every 50 ms, each in a transaction of its own.
+    conn = connect(db)
+    conn.execute(f"PRAGMA busy_timeout = {_WRITER_BUSY_TIMEOUT_MS}")
+    writes: list[tuple[float, float]] = []  # (when it committed, how long it took)
+    failures: list[str] = []
+    thread = threading.Thread(target=run_import, name="import")
+    thread.start()
+    deadline = time.monotonic() + 120
+    try:
+        while thread.is_alive() and time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    "INSERT INTO audit_log (at, principal, role, action, target) "
+                    "VALUES (?, 'officer', 'operator', 'warning.create', ?)",
+                    (str(started), f"w{len(writes)}"),
+                )
+                conn.execute("COMMIT")
+                writes.append((time.monotonic(), time.monotonic() - started))
+            except sqlite3.OperationalError as exc:
+                failures.append(f"after {time.monotonic() - started:.2f} s: {exc}")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            time.sleep(_WRITE_EVERY)
+    finally:
+        thread.join(timeout=120)
+        conn.close()
+
+    assert "error" not in outcome, outcome
+    report: ImportReport = outcome["report"]
+    assert report.ok, str(report)
+    assert {f.file: f.imported for f in report.files} == counts
+    worst = max(seconds for _, seconds in writes)
+    record_property("concurrent_writes", len(writes))
+    record_property("worst_write_wait_ms", round(worst * 1000, 1))
+    record_property("longest_import_transaction_ms", round(report.longest_write * 1000, 1))
+    print(
+        f"{len(writes)} writes during a {report.seconds:.1f} s import, worst wait "
+        f"{worst * 1000:.0f} ms; import: {report.longest_write * 1000:.0f} ms longest of "
+        f"{sum(f.write_transactions for f in report.files)} write transactions"
+    )
+    # Every write got through, none waited anywhere near the timeout...
+    assert failures == []
+    assert worst < 1.0
+    assert _count(db, "audit_log") == len(writes)
+    # ... including while the persons were being applied, in many short transactions.
+    persons = report.file("persons.csv")
+    assert persons.write_transactions >= counts["persons.csv"] // importer.APPLY_CHUNK_ROWS
+    assert persons.longest_write < 1.0
+    start, end = applying["persons"]
+    assert sum(start < at < end for at, _ in writes) >= 2

@@ -1,9 +1,22 @@
 """Import the directory from its five CSV files (the format: ``docs/directory.md``).
 
-Each file is one transaction: a file with any bad row imports nothing, unless the caller asked
-to skip bad rows. Files are read as a stream in batches: per batch the importer parses the rows,
-looks up what they refer to in the store, checks them and upserts the good ones, so memory does
-not grow with the file.
+Each file is validated all or nothing, then applied in chunks:
+
+1. **Validate and stage.** The file is read as a stream in batches: per batch the importer
+   parses the rows, looks up what they refer to in the store (plain reads: in WAL mode they
+   never block the daemon's writes), checks them, and writes the good ones to a private staging
+   file (:mod:`dispatcher.directory.staging`), never to the store. Memory does not grow with
+   the file.
+2. **Apply.** Only when the file has no bad row (or the caller asked to skip bad rows) does the
+   store copy the staged rows in, ``chunk_rows`` rows per write transaction, and then bring
+   the derived rows up to date (the area closure, village codes copied down to households and
+   persons) in short transactions too. Between two transactions the daemon gets the write lock,
+   so a duty officer posting a warning during an import waits a fraction of a second, not the
+   minutes a 2-million-row file takes.
+
+A file is therefore not applied atomically: if the process dies while applying, part of the
+file is in the store. Every write is an upsert by id, so importing the same file again
+completes it.
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -28,7 +42,7 @@ from dispatcher.directory.csv_format import (
     PERSONS,
     CsvFile,
 )
-from dispatcher.directory.protocol import DirectoryWriter
+from dispatcher.directory.protocol import DirectoryWriter, OnTransaction
 from dispatcher.directory.records import (
     AREA_LEVEL_RANK,
     AreaRecord,
@@ -39,6 +53,7 @@ from dispatcher.directory.records import (
 )
 from dispatcher.directory.report import FileReport, ImportReport, RowError
 from dispatcher.directory.seen_keys import SeenKeys
+from dispatcher.directory.staging import Staging
 from dispatcher.directory.validate import (
     FieldError,
     PhoneParser,
@@ -57,6 +72,10 @@ from dispatcher.domain import AreaLevel
 
 #: Rows per batch: one round of reference lookups and one executemany per batch.
 BATCH_ROWS = 2000
+#: Staged rows per write transaction when a file is applied to the store. About 20 ms of
+#: holding the write lock per chunk for persons on the reference machine (see
+#: bench/import_city.py, which reports the longest); the daemon's writes go in between.
+APPLY_CHUNK_ROWS = 5000
 
 
 def import_directory(
@@ -65,6 +84,8 @@ def import_directory(
     *,
     skip_bad_rows: bool = False,
     progress: bool = True,
+    chunk_rows: int = APPLY_CHUNK_ROWS,
+    staging_dir: str | os.PathLike[str] | None = None,
 ) -> ImportReport:
     """Import whichever of areas.csv, grids.csv, households.csv, persons.csv and devices.csv are
     in ``csv_dir``, in that order, into a SQLite file (created and migrated if needed) or
@@ -74,28 +95,50 @@ def import_directory(
     the bad ones reported; without it a file with any bad row imports nothing. A wrong header or
     a file that is not UTF-8 never imports anything. Progress goes to stderr when it is a
     terminal and ``progress`` is true.
+
+    Each file's good rows are staged in a temporary file in ``staging_dir`` (by default the
+    target database's folder, or the system's temporary folder for a writer), deleted when the
+    file is done, and applied ``chunk_rows`` rows per write transaction. Should applying fail
+    half-way (the exception is raised, with a note), run the same import again.
     """
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be at least 1")
     folder = Path(csv_dir)
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder")
     if not any((folder / spec.name).is_file() for spec in FILES):
         names = ", ".join(spec.name for spec in FILES)
         raise FileNotFoundError(f"{folder} holds none of the directory files ({names})")
+    options = _Options(
+        skip_bad_rows=skip_bad_rows,
+        show_progress=progress and sys.stderr.isatty(),
+        chunk_rows=chunk_rows,
+        staging_dir=Path(staging_dir) if staging_dir is not None else None,
+    )
     if isinstance(target, str | os.PathLike):
         # Imported here: the SQLite store module itself imports this package's records.
         from dispatcher.store.sqlite_directory import SqliteDirectory
 
+        if options.staging_dir is None and str(target) != ":memory:":
+            # Beside the database: a disk sized for the directory, not a RAM-backed /tmp.
+            options.staging_dir = Path(target).absolute().parent
         with SqliteDirectory.open(target) as store:
-            return _import_files(store, folder, skip_bad_rows=skip_bad_rows, progress=progress)
-    return _import_files(target, folder, skip_bad_rows=skip_bad_rows, progress=progress)
+            return _import_files(store, folder, options)
+    return _import_files(target, folder, options)
 
 
-def _import_files(
-    writer: DirectoryWriter, folder: Path, *, skip_bad_rows: bool, progress: bool
-) -> ImportReport:
+@dataclass(slots=True)
+class _Options:
+    skip_bad_rows: bool
+    show_progress: bool
+    chunk_rows: int
+    #: None: the system's temporary folder.
+    staging_dir: Path | None
+
+
+def _import_files(writer: DirectoryWriter, folder: Path, options: _Options) -> ImportReport:
     started = time.perf_counter()
     report = ImportReport()
-    show = progress and sys.stderr.isatty()
     areas = _area_levels(writer)
     phones = PhoneParser()
     for spec in FILES:
@@ -104,8 +147,7 @@ def _import_files(
             report.files.append(FileReport(spec.name, found=False))
             continue
         kind = _kind(spec, writer, areas, phones)
-        run = _FileRun(writer, kind, path, skip_bad_rows=skip_bad_rows, show_progress=show)
-        report.files.append(run.run())
+        report.files.append(_FileRun(writer, kind, path, options).run())
         if spec is AREAS:
             areas = _area_levels(writer)
     report.seconds = time.perf_counter() - started
@@ -133,10 +175,11 @@ class _FileKind(Protocol):
     def check(self, record: Any) -> Any:
         """The row against the directory; return the complete record or raise FieldError."""
 
-    def write(self, records: list[Any]) -> None: ...
+    def stage(self, staging: Staging, records: list[Any]) -> None:
+        """Keep the batch's accepted rows until the file is applied."""
 
-    def finish(self) -> None:
-        """Inside the file's transaction, when rows were imported and it is about to commit."""
+    def derive(self, staging: Path, *, chunk_rows: int, on_transaction: OnTransaction) -> None:
+        """After the file's rows were applied: bring the rows derived from them up to date."""
 
 
 def _kind(
@@ -184,11 +227,13 @@ class _Areas:
             self._raise_top(record.level)
         return record
 
-    def write(self, records: list[AreaRecord]) -> None:
-        self._writer.upsert_areas(records)
+    def stage(self, staging: Staging, records: list[AreaRecord]) -> None:
+        staging.add_areas(records)
 
-    def finish(self) -> None:
-        self._writer.rebuild_area_closure()
+    def derive(self, staging: Path, *, chunk_rows: int, on_transaction: OnTransaction) -> None:
+        self._writer.refresh_area_closure(
+            staging, chunk_rows=chunk_rows, on_transaction=on_transaction
+        )
 
 
 class _Grids:
@@ -208,12 +253,14 @@ class _Grids:
         check_grid(record, self._areas)
         return record
 
-    def write(self, records: list[GridRecord]) -> None:
-        self._writer.upsert_grids(records)
+    def stage(self, staging: Staging, records: list[GridRecord]) -> None:
+        staging.add_grids(records)
 
-    def finish(self) -> None:
+    def derive(self, staging: Path, *, chunk_rows: int, on_transaction: OnTransaction) -> None:
         # A grid moved to another village takes its households and their people with it.
-        self._writer.sync_village_codes()
+        self._writer.cascade_village_codes(
+            staging, chunk_rows=chunk_rows, on_transaction=on_transaction
+        )
 
 
 class _Households:
@@ -232,11 +279,14 @@ class _Households:
     def check(self, record: HouseholdRecord) -> HouseholdRecord:
         return check_household(record, self._grid_villages)
 
-    def write(self, records: list[HouseholdRecord]) -> None:
-        self._writer.upsert_households(records)
+    def stage(self, staging: Staging, records: list[HouseholdRecord]) -> None:
+        staging.add_households(records)
 
-    def finish(self) -> None:
-        self._writer.sync_village_codes()
+    def derive(self, staging: Path, *, chunk_rows: int, on_transaction: OnTransaction) -> None:
+        # A household moved to another grid takes its people with it.
+        self._writer.cascade_village_codes(
+            staging, chunk_rows=chunk_rows, on_transaction=on_transaction
+        )
 
 
 class _Persons:
@@ -263,10 +313,10 @@ class _Persons:
     def check(self, record: PersonRecord) -> PersonRecord:
         return check_person(record, self._household_villages, self._grids, self._areas)
 
-    def write(self, records: list[PersonRecord]) -> None:
-        self._writer.upsert_persons(records)
+    def stage(self, staging: Staging, records: list[PersonRecord]) -> None:
+        staging.add_persons(records)
 
-    def finish(self) -> None:
+    def derive(self, staging: Path, *, chunk_rows: int, on_transaction: OnTransaction) -> None:
         pass
 
 
@@ -287,10 +337,10 @@ class _Devices:
         check_device(record, self._areas)
         return record
 
-    def write(self, records: list[DeviceRecord]) -> None:
-        self._writer.upsert_devices(records)
+    def stage(self, staging: Staging, records: list[DeviceRecord]) -> None:
+        staging.add_devices(records)
 
-    def finish(self) -> None:
+    def derive(self, staging: Path, *, chunk_rows: int, on_transaction: OnTransaction) -> None:
         pass
 
 
@@ -369,22 +419,16 @@ def _header_problem(spec: CsvFile, names: list[str]) -> str:
 
 
 class _FileRun:
-    """One file's import: read, check and write in batches inside one transaction."""
+    """One file's import: read, check and stage in batches, then apply the staged rows."""
 
     def __init__(
-        self,
-        writer: DirectoryWriter,
-        kind: _FileKind,
-        path: Path,
-        *,
-        skip_bad_rows: bool,
-        show_progress: bool,
+        self, writer: DirectoryWriter, kind: _FileKind, path: Path, options: _Options
     ) -> None:
         self._writer = writer
         self._kind = kind
         self._path = path
-        self._skip_bad_rows = skip_bad_rows
-        self._show_progress = show_progress
+        self._options = options
+        self._skip_bad_rows = options.skip_bad_rows
         self._name = kind.spec.name
         self._key_column = kind.spec.key
         self.report = FileReport(self._name)
@@ -394,45 +438,88 @@ class _FileRun:
 
     def run(self) -> FileReport:
         started = time.perf_counter()
-        self._bar = tqdm(
-            total=self._path.stat().st_size,
-            desc=self._name,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            file=sys.stderr,
-            disable=not self._show_progress,
-        )
-        self._writer.begin()
         try:
-            fatal = False
-            try:
-                self._read()
-            except _FileProblem as problem:
-                self._error(problem.line, "", problem.message)
-                fatal = True
-            failed = self.report.error_count > 0 and not self._skip_bad_rows
-            if fatal or failed:
-                self._writer.rollback()
-                self.report.imported = 0
-            else:
-                if self.report.imported:
-                    self._kind.finish()
-                self._writer.commit()
-                self.report.committed = True
-        except BaseException:
-            self._writer.rollback()
-            raise
+            with Staging(self._options.staging_dir) as staging:
+                if self._validate(staging):
+                    staging.commit()
+                    self._apply(staging.path)
+                    self.report.committed = True
+                else:
+                    self.report.imported = 0
         finally:
             self._seen.close()
-            self._bar.close()
         self.report.seconds = time.perf_counter() - started
         return self.report
+
+    def _validate(self, staging: Staging) -> bool:
+        """Read and check every row, staging the good ones; return whether to apply them."""
+        self._bar = self._progress(self._path.stat().st_size, self._name, unit="B")
+        try:
+            self._read(staging)
+        except _FileProblem as problem:
+            self._error(problem.line, "", problem.message)
+            return False
+        finally:
+            self._bar.close()
+            self._seen.close()
+        return self.report.error_count == 0 or self._skip_bad_rows
+
+    def _progress(self, total: int, desc: str, *, unit: str) -> Any:
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            unit_scale=True,
+            unit_divisor=1024 if unit == "B" else 1000,
+            file=sys.stderr,
+            disable=not self._options.show_progress,
+        )
+
+    def _apply(self, staging: Path) -> None:
+        """Copy the staged rows into the store in short transactions, then the derived rows."""
+        if not self.report.imported:
+            return
+        started = time.perf_counter()
+        applied = 0
+        bar = self._progress(self.report.imported, f"{self._name} → store", unit="rows")
+
+        def rows_applied(rows: int, seconds: float) -> None:
+            nonlocal applied
+            applied += rows
+            bar.update(rows)
+            self.report.add_write(seconds)
+
+        def derived(rows: int, seconds: float) -> None:
+            self.report.add_write(seconds)
+
+        options = self._options
+        try:
+            self._writer.apply_staged(
+                staging,
+                self._kind.spec.name.removesuffix(".csv"),
+                chunk_rows=options.chunk_rows,
+                on_transaction=rows_applied,
+            )
+            self._kind.derive(staging, chunk_rows=options.chunk_rows, on_transaction=derived)
+        except Exception as exc:
+            where = (
+                "after all its rows, while updating the rows derived from them"
+                if applied == self.report.imported
+                else f"after {applied:,} of its {self.report.imported:,} rows"
+            )
+            exc.add_note(
+                f"{self._name}: applying the file to the store stopped {where}: import the same "
+                "file again to complete it (rows are upserted by id)"
+            )
+            raise
+        finally:
+            bar.close()
+            self.report.apply_seconds = time.perf_counter() - started
 
     def _error(self, line: int, column: str, message: str) -> None:
         self.report.add_error(RowError(self._name, line, column, message))
 
-    def _read(self) -> None:
+    def _read(self, staging: Staging) -> None:
         spec = self._kind.spec
         with self._path.open("rb") as raw:
             records = _records(_decoded_lines(raw, self._counter))
@@ -473,11 +560,11 @@ class _FileRun:
                     item = exc
                 batch.append((line, fields[0], item))
                 if len(batch) >= BATCH_ROWS:
-                    self._flush(batch)
+                    self._flush(batch, staging)
                     batch = []
-            self._flush(batch)
+            self._flush(batch, staging)
 
-    def _flush(self, batch: list[tuple[int, str, Any]]) -> None:
+    def _flush(self, batch: list[tuple[int, str, Any]], staging: Staging) -> None:
         if self._bar is not None:
             self._bar.update(self._counter.bytes - self._bar.n)
         if not batch:
@@ -498,8 +585,8 @@ class _FileRun:
                 good.append(self._kind.check(item))
             except FieldError as exc:
                 self._error(line, exc.column, exc.message)
-        # Once a file has failed nothing more is written (it will be rolled back), but every
+        # Once a file has failed nothing more is staged (it will not be applied), but every
         # row is still checked so the report lists all the problems.
         if good and (self._skip_bad_rows or self.report.error_count == 0):
-            self._kind.write(good)
+            self._kind.stage(staging, good)
             self.report.imported += len(good)

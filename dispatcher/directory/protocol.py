@@ -3,12 +3,17 @@
 The SQLite implementation is :class:`dispatcher.store.sqlite_directory.SqliteDirectory`; a
 PostgreSQL one only has to satisfy these two small protocols. They are synchronous: the CLI calls
 the importer directly and the daemon runs it in a worker thread.
+
+The importer never writes the store while it validates: it stages the good rows in a private
+SQLite file (:mod:`dispatcher.directory.staging`, a format any store can read with Python's
+``sqlite3``) and hands that file to the writer once the whole file has passed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Protocol
 
 from dispatcher.directory.records import (
@@ -23,17 +28,21 @@ from dispatcher.directory.records import (
 DIRECTORY_TABLES: tuple[str, ...] = ("areas", "grids", "households", "persons", "devices")
 
 
+#: Called after each write transaction an apply commits: the rows it wrote and the seconds it
+#: took from taking the store's write lock to its commit.
+OnTransaction = Callable[[int, float], None]
+
+
 class DirectoryWriter(Protocol):
-    """Upserts directory rows inside explicit transactions (the importer uses one per file).
+    """What the importer reads while it validates a file, and how the store takes in a
+    validated file from the importer's staging file (``dispatcher/directory/staging.py``).
 
-    Within one transaction each id is written at most once; the importer guarantees it.
+    Nothing is written while a file is validated. Applying it is done in short write
+    transactions of at most ``chunk_rows`` rows each, so the daemon's own writes (accepting a
+    warning) never wait long; a file is therefore applied in chunks, not atomically, and an
+    apply that stops half-way is completed by importing the same file again (every write is an
+    upsert). Within one staging file each id occurs once; the importer guarantees it.
     """
-
-    def begin(self) -> None: ...
-
-    def commit(self) -> None: ...
-
-    def rollback(self) -> None: ...
 
     # -- what reference checks need to know about the stored directory ----------------------
     def iter_areas(self) -> Iterator[AreaRecord]:
@@ -45,27 +54,27 @@ class DirectoryWriter(Protocol):
     def household_villages(self, ids: Collection[str]) -> dict[str, str]:
         """Village code of each of these households that exists."""
 
-    # -- writes: a row whose key exists replaces it -----------------------------------------
-    def upsert_areas(self, rows: Sequence[AreaRecord]) -> None:
-        """Parents come before their children in ``rows``."""
+    # -- applying a validated file: a row whose key exists replaces it ----------------------
+    def apply_staged(
+        self, staging: Path, table: str, *, chunk_rows: int, on_transaction: OnTransaction
+    ) -> int:
+        """Upsert the staged rows of ``table`` (``areas``, ``grids``, ``households``,
+        ``persons`` or ``devices``) in the order they were staged; a person's grid memberships
+        and a device's served areas are replaced along with it. Return the rows applied."""
 
-    def upsert_grids(self, rows: Sequence[GridRecord]) -> None: ...
+    # -- derived data, brought up to date in short transactions too -------------------------
+    def refresh_area_closure(
+        self, staging: Path, *, chunk_rows: int, on_transaction: OnTransaction
+    ) -> None:
+        """Make ``area_closure`` hold every (ancestor, descendant, depth) pair of the stored
+        areas, after areas were applied. ``staging`` may be used as scratch space."""
 
-    def upsert_households(self, rows: Sequence[HouseholdRecord]) -> None: ...
-
-    def upsert_persons(self, rows: Sequence[PersonRecord]) -> None:
-        """Also replaces the persons' grid memberships."""
-
-    def upsert_devices(self, rows: Sequence[DeviceRecord]) -> None:
-        """Also replaces the areas the devices serve."""
-
-    # -- derived data ------------------------------------------------------------------------
-    def rebuild_area_closure(self) -> None:
-        """Recompute every (ancestor, descendant, depth) pair after areas changed."""
-
-    def sync_village_codes(self) -> None:
-        """Copy village codes down to households (from their grid) and persons (from their
-        household) after grids or households were replaced."""
+    def cascade_village_codes(
+        self, staging: Path, *, chunk_rows: int, on_transaction: OnTransaction
+    ) -> None:
+        """Copy village codes down to households (from their grid), then persons (from their
+        household), after grids or households were applied. ``staging`` may be used as
+        scratch space."""
 
 
 class DirectoryReader(Protocol):

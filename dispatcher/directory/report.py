@@ -34,9 +34,17 @@ class FileReport:
     error_count: int = 0
     #: The first :data:`MAX_STORED_ERRORS` errors, in line order.
     errors: list[RowError] = field(default_factory=list)
-    #: Whether the file's transaction was committed (False: rolled back, nothing imported).
+    #: Whether the file was applied to the store (False: nothing imported). A file is applied
+    #: only when it had no errors, or with skip_bad_rows.
     committed: bool = False
     seconds: float = 0.0
+    #: The write transactions the file was applied in (rows, then derived rows): how many, and
+    #: the longest and total seconds each held the store's write lock.
+    write_transactions: int = 0
+    longest_write: float = 0.0
+    write_seconds: float = 0.0
+    #: Wall-clock seconds of applying the file (part of ``seconds``), pauses included.
+    apply_seconds: float = 0.0
 
     @property
     def skipped(self) -> int:
@@ -47,10 +55,15 @@ class FileReport:
         if len(self.errors) < MAX_STORED_ERRORS:
             self.errors.append(error)
 
+    def add_write(self, seconds: float) -> None:
+        self.write_transactions += 1
+        self.write_seconds += seconds
+        self.longest_write = max(self.longest_write, seconds)
+
     def summary(self) -> str:
         if not self.found:
             return f"{self.file}: not present"
-        outcome = "imported" if self.committed else "NOT imported (rolled back)"
+        outcome = "imported" if self.committed else "NOT imported"
         return (
             f"{self.file}: {outcome}: {self.rows_read} rows read, {self.imported} imported, "
             f"{self.skipped} skipped, {self.error_count} errors in {self.seconds:.1f} s"
@@ -70,6 +83,11 @@ class ImportReport:
     @property
     def error_count(self) -> int:
         return sum(f.error_count for f in self.files)
+
+    @property
+    def longest_write(self) -> float:
+        """Seconds of the longest write transaction of the whole import."""
+        return max((f.longest_write for f in self.files), default=0.0)
 
     def file(self, name: str) -> FileReport:
         for report in self.files:
