@@ -1,0 +1,193 @@
+"""Property: for any people, policy and target areas, the set-based planner creates exactly the
+person deliveries a plain Python reading of the policy says it should."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from small_directory import (
+    CITY,
+    COUNTY_A,
+    COUNTY_B,
+    TOWN_A1,
+    VILLAGE_A1a,
+    VILLAGE_A1b,
+    VILLAGE_B1a,
+)
+
+from dispatcher.domain import Channel, Level, MsgType, Role, Status, WarningRecord
+from dispatcher.planner import plan_statements
+from dispatcher.policy import AudienceSelector, Policy
+from dispatcher.store.migrations import migrate_sqlite
+from dispatcher.store.sqlite import connect
+
+VILLAGES = (VILLAGE_A1a, VILLAGE_A1b, VILLAGE_B1a)
+UNDER = {
+    CITY: set(VILLAGES),
+    COUNTY_A: {VILLAGE_A1a, VILLAGE_A1b},
+    COUNTY_B: {VILLAGE_B1a},
+    TOWN_A1: {VILLAGE_A1a, VILLAGE_A1b},
+    **{v: {v} for v in VILLAGES},
+}
+PERSON_SELECTORS = [s for s in AudienceSelector if s is not AudienceSelector.DEVICES]
+
+people = st.lists(
+    st.tuples(
+        st.sampled_from(VILLAGES),
+        st.integers(min_value=0, max_value=15),  # role bits
+        st.booleans(),  # vulnerable
+        st.booleans(),  # lives alone
+        st.booleans(),  # has a phone
+        st.integers(min_value=0, max_value=3),  # household number within the village
+    ),
+    max_size=25,
+)
+rules = st.lists(
+    st.tuples(
+        st.sampled_from(PERSON_SELECTORS),
+        st.sets(st.sampled_from([Channel.SMS, Channel.VOICE]), min_size=1),
+    ),
+    min_size=1,
+    max_size=5,
+)
+targets = st.sets(st.sampled_from(sorted(UNDER)), min_size=1, max_size=3)
+
+
+def _directory(
+    conn: sqlite3.Connection, persons: list[tuple[str, int, bool, bool, bool, int]]
+) -> None:
+    areas = [
+        (CITY, "city", "city", None),
+        (COUNTY_A, "a", "county", CITY),
+        (COUNTY_B, "b", "county", CITY),
+        (TOWN_A1, "a1", "town", COUNTY_A),
+        (VILLAGE_A1a, "a1a", "village", TOWN_A1),
+        (VILLAGE_A1b, "a1b", "village", TOWN_A1),
+        (VILLAGE_B1a, "b1a", "village", COUNTY_B),
+    ]
+    conn.executemany("INSERT INTO areas VALUES (?,?,?,?)", areas)
+    for ancestor, below in UNDER.items():
+        for village in below | {ancestor}:
+            conn.execute("INSERT OR IGNORE INTO area_closure VALUES (?,?,0)", (ancestor, village))
+    conn.execute(f"INSERT OR IGNORE INTO area_closure VALUES ('{COUNTY_A}', '{TOWN_A1}', 1)")
+    conn.execute(f"INSERT OR IGNORE INTO area_closure VALUES ('{CITY}', '{TOWN_A1}', 2)")
+    conn.execute(f"INSERT OR IGNORE INTO area_closure VALUES ('{CITY}', '{COUNTY_A}', 1)")
+    conn.execute(f"INSERT OR IGNORE INTO area_closure VALUES ('{CITY}', '{COUNTY_B}', 1)")
+    for village in VILLAGES:
+        conn.execute("INSERT INTO grids VALUES (?,?,'')", (f"g{village}", village))
+        for n in range(4):
+            conn.execute(
+                "INSERT INTO households VALUES (?,?,?,'')",
+                (f"h{village}-{n}", f"g{village}", village),
+            )
+    for i, (village, roles, vulnerable, alone, phone, house) in enumerate(persons):
+        conn.execute(
+            "INSERT INTO persons (id, name, phone, household_id, village_code, roles, "
+            "vulnerable, lives_alone) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                f"p{i:03d}",
+                "x",
+                f"+86138{i:08d}" if phone else None,
+                f"h{village}-{house}",
+                village,
+                roles,
+                int(vulnerable),
+                int(alone),
+            ),
+        )
+
+
+def _matches(
+    selector: AudienceSelector,
+    person: tuple[str, int, bool, bool, bool, int],
+    index: int,
+    persons: list[tuple[str, int, bool, bool, bool, int]],
+) -> bool:
+    village, roles, vulnerable, alone, _phone, house = person
+    role: Role | None = selector.role
+    if role is not None:
+        return bool(roles & role.bit)
+    if selector is AudienceSelector.VULNERABLE:
+        return vulnerable
+    if selector is AudienceSelector.LIVES_ALONE:
+        return alone
+    if selector is AudienceSelector.HOUSEHOLDS:
+        housemates = [
+            j for j, p in enumerate(persons) if p[0] == village and p[5] == house and p[4]
+        ]
+        return bool(housemates) and min(housemates) == index
+    return True  # everyone
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(persons=people, policy_rules=rules, areas=targets)
+def test_planner_matches_a_plain_reading_of_the_policy(
+    persons: list[tuple[str, int, bool, bool, bool, int]],
+    policy_rules: list[tuple[AudienceSelector, set[Channel]]],
+    areas: set[str],
+) -> None:
+    level_rules = [
+        {"audience": s.value, "channels": sorted(c.value for c in chans)}
+        for s, chans in policy_rules
+    ]
+    policy = Policy.model_validate({"levels": {lv.value: {"rules": level_rules} for lv in Level}})
+    covered = set().union(*(UNDER[a] for a in areas))
+    expected = set()
+    for i, person in enumerate(persons):
+        if person[0] not in covered or not person[4]:
+            continue
+        for channel in (Channel.SMS, Channel.VOICE):
+            matched = [
+                s
+                for s, chans in policy_rules
+                if channel in chans and _matches(s, person, i, persons)
+            ]
+            if matched:
+                best = min(matched, key=lambda s: (s.priority, PERSON_SELECTORS.index(s)))
+                expected.add((f"p{i:03d}", channel.value, best.audience.value, best.priority))
+
+    with tempfile.TemporaryDirectory() as folder:
+        conn = connect(Path(folder) / "t.db")
+        migrate_sqlite(conn)
+        conn.execute("BEGIN")
+        _directory(conn, persons)
+        now = datetime.now(UTC)
+        warning = WarningRecord(
+            id="w",
+            identifier="w",
+            sender="s",
+            sent=now,
+            status=Status.TEST,
+            msg_type=MsgType.ALERT,
+            level=Level.RED,
+            event="e",
+            headline="h",
+            description="",
+            instruction="",
+            area_codes=tuple(sorted(areas)),
+            expires=now + timedelta(hours=1),
+        )
+        conn.execute(
+            "INSERT INTO warnings (id, identifier, sender, sent, status, msg_type, level, event, "
+            "headline, description, instruction, area_codes, expires, urgency, certainty, "
+            "category, language, created_by, created_at) VALUES "
+            "('w','w','s','','Test','Alert','red','e','h','','','[]','','','','','','t','')"
+        )
+        conn.executemany("INSERT INTO warning_areas VALUES ('w', ?)", [(a,) for a in areas])
+        for statement in plan_statements(warning, policy, now=time.time()):
+            conn.execute(statement.sql, statement.params)
+        got = set(
+            conn.execute(
+                "SELECT target_id, channel, audience, priority FROM deliveries "
+                "WHERE audience != 'device'"
+            ).fetchall()
+        )
+        conn.execute("ROLLBACK")
+        conn.close()
+    assert got == expected
