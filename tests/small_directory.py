@@ -3,9 +3,18 @@ service tests)."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from dispatcher.domain import Role, roles_to_mask
+from dispatcher.domain import (
+    Level,
+    MsgType,
+    Role,
+    Status,
+    WarningRecord,
+    roles_to_mask,
+)
 from dispatcher.store.sqlite import connect
 
 CITY = "611000000000"
@@ -91,3 +100,32 @@ def fill_small_directory(db: Path) -> None:
         conn.executemany("INSERT INTO device_areas VALUES (?,?)", [(dev_id, s) for s in serves])
     conn.execute("COMMIT")
     conn.close()
+
+
+def make_warning(
+    areas: tuple[str, ...],
+    *,
+    ident: str | None = None,
+    level: Level = Level.RED,
+    msg_type: MsgType = MsgType.ALERT,
+    status: Status = Status.EXERCISE,
+    expires_in: timedelta = timedelta(hours=1),
+) -> WarningRecord:
+    """A stored-shape warning for planner and store tests (the API path builds its own)."""
+    now = datetime.now(UTC)
+    ident = ident or f"w-{time.time_ns()}"
+    return WarningRecord(
+        id=ident,
+        identifier=ident,
+        sender="test@tocsin",
+        sent=now,
+        status=status,
+        msg_type=msg_type,
+        level=level,
+        event="暴雨",
+        headline="暴雨红色预警",
+        description="",
+        instruction="",
+        area_codes=areas,
+        expires=now + expires_in,
+    )

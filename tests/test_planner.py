@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,11 @@ from small_directory import (
     VILLAGE_A1a,
     VILLAGE_B1a,
     fill_small_directory,
+    make_warning,
 )
 
 from dispatcher.config import load_policy
-from dispatcher.domain import Level, MsgType, Status, WarningRecord
+from dispatcher.domain import Level, MsgType, WarningRecord
 from dispatcher.plan_view import build_plan_view
 from dispatcher.planner import plan_statements
 from dispatcher.policy import Policy
@@ -45,23 +45,7 @@ def policy() -> Policy:
 def _warning(
     areas: tuple[str, ...], level: Level = Level.RED, msg_type: MsgType = MsgType.ALERT
 ) -> WarningRecord:
-    now = datetime.now(UTC)
-    ident = f"w-{time.time_ns()}"
-    return WarningRecord(
-        id=ident,
-        identifier=ident,
-        sender="test@tocsin",
-        sent=now,
-        status=Status.EXERCISE,
-        msg_type=msg_type,
-        level=level,
-        event="暴雨",
-        headline="暴雨红色预警",
-        description="",
-        instruction="",
-        area_codes=areas,
-        expires=now + timedelta(hours=1),
-    )
+    return make_warning(areas, level=level, msg_type=msg_type)
 
 
 async def _plan(store: SqliteStore, policy: Policy, warning: WarningRecord) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -19,9 +18,10 @@ from small_directory import (
     VILLAGE_A1a,
     VILLAGE_A1b,
     VILLAGE_B1a,
+    make_warning,
 )
 
-from dispatcher.domain import Channel, Level, MsgType, Role, Status, WarningRecord
+from dispatcher.domain import Channel, Level, Role, Status
 from dispatcher.planner import plan_statements
 from dispatcher.policy import AudienceSelector, Policy
 from dispatcher.store.migrations import migrate_sqlite
@@ -157,22 +157,7 @@ def test_planner_matches_a_plain_reading_of_the_policy(
         migrate_sqlite(conn)
         conn.execute("BEGIN")
         _directory(conn, persons)
-        now = datetime.now(UTC)
-        warning = WarningRecord(
-            id="w",
-            identifier="w",
-            sender="s",
-            sent=now,
-            status=Status.TEST,
-            msg_type=MsgType.ALERT,
-            level=Level.RED,
-            event="e",
-            headline="h",
-            description="",
-            instruction="",
-            area_codes=tuple(sorted(areas)),
-            expires=now + timedelta(hours=1),
-        )
+        warning = make_warning(tuple(sorted(areas)), ident="w", status=Status.TEST)
         conn.execute(
             "INSERT INTO warnings (id, identifier, sender, sent, status, msg_type, level, event, "
             "headline, description, instruction, area_codes, expires, urgency, certainty, "

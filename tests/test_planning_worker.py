@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from small_directory import COUNTY_A, fill_small_directory
+from small_directory import COUNTY_A, fill_small_directory, make_warning
 
 from dispatcher.config import load_policy
-from dispatcher.domain import Level, MsgType, Status, WarningRecord, WarningState
+from dispatcher.domain import WarningRecord, WarningState
 from dispatcher.planning_worker import PlanningWorker
 from dispatcher.store.sqlite import SqliteStore
 
@@ -31,22 +31,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 
 def _warning(ident: str, expires_in: timedelta) -> WarningRecord:
-    now = datetime.now(UTC)
-    return WarningRecord(
-        id=ident,
-        identifier=ident,
-        sender="test@tocsin",
-        sent=now,
-        status=Status.EXERCISE,
-        msg_type=MsgType.ALERT,
-        level=Level.RED,
-        event="暴雨",
-        headline="暴雨红色预警",
-        description="",
-        instruction="",
-        area_codes=(COUNTY_A,),
-        expires=now + expires_in,
-    )
+    return make_warning((COUNTY_A,), ident=ident, expires_in=expires_in)
 
 
 async def test_unplanned_warnings_are_planned_at_start(store: SqliteStore) -> None:
