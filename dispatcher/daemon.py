@@ -4,8 +4,8 @@ HTTP API, and run until SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
@@ -61,8 +61,10 @@ async def serve(
     """Run the daemon until ``stop`` is set or SIGTERM/SIGINT arrives."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+    # Signals can only be handled on the main thread; an embedding caller (a test running the
+    # daemon on another thread) stops it through ``stop`` instead.
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
 
     async with AsyncExitStack() as stack:
