@@ -12,13 +12,17 @@ import hmac
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from dispatcher.domain import Channel
 from dispatcher.durations import Seconds
 from dispatcher.policy import Policy
 from dispatcher.secrets import SecretError, resolve_secret
+
+if TYPE_CHECKING:
+    from dispatcher.adapter_config import AdapterSpec
 
 
 class ApiRole(enum.StrEnum):
@@ -26,6 +30,9 @@ class ApiRole(enum.StrEnum):
     OPERATOR = "operator"
     INSTALLER = "installer"
     ADMIN = "admin"
+    #: A grid member (网格员) confirming households reached door-to-door, for their own grids;
+    #: the token names the person (``person_id``).
+    GRID_MEMBER = "grid_member"
 
 
 class _Model(BaseModel):
@@ -93,16 +100,62 @@ class TokenConfig(_Model):
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     #: Or a secret reference (env:, file:, credential:) holding that hex digest.
     sha256_secret: str | None = None
+    #: For role grid_member: the directory person the token belongs to.
+    person_id: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _one_hash(self) -> Self:
         if (self.sha256 is None) == (self.sha256_secret is None):
             raise ValueError("give exactly one of sha256 or sha256_secret")
+        if (self.role is ApiRole.GRID_MEMBER) != (self.person_id is not None):
+            raise ValueError("person_id is required for role grid_member, and only for it")
         return self
 
 
 class ApiConfig(_Model):
     tokens: tuple[TokenConfig, ...] = ()
+
+
+class EngineConfig(_Model):
+    """How the engine claims, retries and escalates (see docs/engine.md)."""
+
+    #: Deliveries claimed per batch (the adapter's max_batch and rate limit may cut it).
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    #: How long a claimed delivery stays leased; a crashed engine's work is claimed again after.
+    lease: Seconds = 120.0
+    #: Exponential backoff between attempts: retry_base × 2^(attempt-1), capped, with jitter.
+    retry_base: Seconds = 5.0
+    retry_cap: Seconds = 600.0
+    #: How long a loudspeaker or transmitter has to report played before it is sent again.
+    device_ack_timeout: Seconds = 120.0
+    #: How long a visit task collects unreached households before it goes to the grid member.
+    visit_delay: Seconds = 120.0
+    #: On SIGTERM: how long in-flight sends may take before the daemon stops anyway.
+    drain_timeout: Seconds = 10.0
+    #: Acknowledgements and status reports recorded per transaction.
+    report_batch: Annotated[int, Field(ge=1, le=100_000)] = 2000
+
+
+class AdapterInstanceConfig(_Model):
+    """One adapter instance, ``[adapters.<name>]``."""
+
+    #: The adapter kind (entry-point name in group tocsin.adapters), e.g. "simulated".
+    kind: str = Field(min_length=1)
+    #: The channels this instance serves; default: every channel of its kind.
+    channels: tuple[Channel, ...] = ()
+    #: Token bucket: sends per second (None: unlimited) and the burst allowed.
+    rate_per_second: Annotated[float, Field(gt=0)] | None = None
+    burst: Annotated[int, Field(ge=1)] | None = None
+    #: Largest batch handed to send(); default: the kind's max_batch.
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    #: A send() that takes longer is abandoned and its deliveries retried.
+    send_timeout: Seconds = 30.0
+    #: Circuit breaker: after this many consecutive failed batches the instance is paused
+    #: for breaker_pause seconds (its deliveries fall over to the next channel, if any).
+    breaker_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    breaker_pause: Seconds = 30.0
+    #: Kind-specific settings, validated by the kind's own model.
+    settings: dict[str, Any] = Field(default_factory=dict)
 
 
 class LoggingConfig(_Model):
@@ -116,6 +169,9 @@ class TocsinConfig(_Model):
     policy: PolicyConfig = PolicyConfig()
     cap: CapConfig = CapConfig()
     api: ApiConfig = ApiConfig()
+    engine: EngineConfig = EngineConfig()
+    #: Adapter instances by name, in order of preference per channel.
+    adapters: dict[str, AdapterInstanceConfig] = Field(default_factory=dict)
     logging: LoggingConfig = LoggingConfig()
 
 
@@ -132,6 +188,8 @@ class ApiToken:
     name: str
     role: ApiRole
     digest: SecretStr
+    #: The directory person behind a grid_member token.
+    person_id: str | None = None
 
     def matches(self, token: str) -> bool:
         candidate = hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -149,6 +207,8 @@ class LoadedConfig:
     store_path: Path
     csv_dir: Path | None
     tokens: tuple[ApiToken, ...]
+    #: The configured adapter instances, their settings validated by their kinds.
+    adapters: tuple[AdapterSpec, ...] = ()
 
 
 def hash_token(token: str) -> str:
@@ -219,7 +279,9 @@ def load_config(path: str | Path) -> LoadedConfig:
     tokens: list[ApiToken] = []
     for index, token in enumerate(settings.api.tokens):
         if token.sha256 is not None:
-            tokens.append(ApiToken(token.name, token.role, SecretStr(token.sha256)))
+            tokens.append(
+                ApiToken(token.name, token.role, SecretStr(token.sha256), token.person_id)
+            )
             continue
         try:
             digest = resolve_secret(token.sha256_secret or "", base_dir=base)
@@ -233,7 +295,7 @@ def load_config(path: str | Path) -> LoadedConfig:
                 "64-character hex SHA-256 digest (see `tocsin token new`)"
             )
             continue
-        tokens.append(ApiToken(token.name, token.role, SecretStr(value)))
+        tokens.append(ApiToken(token.name, token.role, SecretStr(value), token.person_id))
     names = [t.name for t in settings.api.tokens]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"{config_path}: api.tokens: token name {name!r} is used twice")
@@ -243,6 +305,11 @@ def load_config(path: str | Path) -> LoadedConfig:
         csv_dir = _relative(base, settings.directory.csv_dir)
         if not csv_dir.is_dir():
             problems.append(f"{config_path}: directory.csv_dir: {csv_dir} is not a folder")
+
+    from dispatcher.adapter_config import build_adapter_specs
+
+    adapters, adapter_problems = build_adapter_specs(config_path, settings.adapters, base)
+    problems.extend(adapter_problems)
 
     if problems or policy is None:
         raise ConfigError(problems)
@@ -254,6 +321,7 @@ def load_config(path: str | Path) -> LoadedConfig:
         store_path=_relative(base, settings.store.path),
         csv_dir=csv_dir,
         tokens=tuple(tokens),
+        adapters=adapters,
     )
 
 

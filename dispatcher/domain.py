@@ -58,13 +58,30 @@ class WarningState(enum.StrEnum):
 
 
 class DeliveryState(enum.StrEnum):
+    """Where one delivery is (see docs/engine.md for the transitions).
+
+    ``due_at`` on the row always says when the engine next looks at it: the send time for
+    pending and retry_wait, the lease expiry for sending, the acknowledgement deadline for
+    sent and delivered.
+    """
+
+    #: A later step of the person's escalation ladder, waiting for an earlier one to fail
+    #: or go unacknowledged.
+    HELD = "held"
     PENDING = "pending"
+    #: Claimed by an engine under a lease; a crashed engine's rows are claimed again.
     SENDING = "sending"
+    #: Accepted by the adapter; waiting for an acknowledgement until due_at.
     SENT = "sent"
+    #: The provider or device confirmed receipt; still waiting for an acknowledgement.
     DELIVERED = "delivered"
     ACKNOWLEDGED = "acknowledged"
     RETRY_WAIT = "retry_wait"
+    #: Sent, but no acknowledgement came before the deadline (the ladder moved on).
+    UNACKNOWLEDGED = "unacknowledged"
     FAILED = "failed"
+    #: Not needed any more: the person or household acknowledged through another step.
+    SKIPPED = "skipped"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
     SUPERSEDED = "superseded"
@@ -74,6 +91,23 @@ class DeliveryState(enum.StrEnum):
 OPEN_DELIVERY_STATES: tuple[DeliveryState, ...] = (
     DeliveryState.PENDING,
     DeliveryState.RETRY_WAIT,
+    DeliveryState.HELD,
+)
+#: Sent and waiting for an acknowledgement (or, for sending, for its lease to end).
+IN_FLIGHT_DELIVERY_STATES: tuple[DeliveryState, ...] = (
+    DeliveryState.SENDING,
+    DeliveryState.SENT,
+    DeliveryState.DELIVERED,
+)
+#: Nothing more will happen to a delivery in these states.
+TERMINAL_DELIVERY_STATES: tuple[DeliveryState, ...] = (
+    DeliveryState.ACKNOWLEDGED,
+    DeliveryState.UNACKNOWLEDGED,
+    DeliveryState.FAILED,
+    DeliveryState.SKIPPED,
+    DeliveryState.EXPIRED,
+    DeliveryState.CANCELLED,
+    DeliveryState.SUPERSEDED,
 )
 
 
@@ -84,6 +118,8 @@ class Audience(enum.StrEnum):
     GRID_MEMBER = "grid_member"
     HOUSEHOLD = "household"
     PERSON = "person"
+    #: A task for a grid member to visit the households in their grid not reached otherwise.
+    VISIT = "visit"
 
 
 class Channel(enum.StrEnum):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dispatcher.domain import (
+    IN_FLIGHT_DELIVERY_STATES,
     OPEN_DELIVERY_STATES,
     DeliveryState,
     DeviceKind,
@@ -41,11 +42,13 @@ from dispatcher.store.base import (
     SqlStatement,
 )
 from dispatcher.store.migrations import migrate_sqlite
+from dispatcher.store.sqlite_counts import bump_state_counts
 
 T = TypeVar("T")
 
-_OPEN = tuple(s.value for s in OPEN_DELIVERY_STATES)
-_OPEN_SQL = ", ".join(f"'{s}'" for s in _OPEN)
+_STOPPABLE_SQL = ", ".join(
+    f"'{s.value}'" for s in (*OPEN_DELIVERY_STATES, *IN_FLIGHT_DELIVERY_STATES)
+)
 _SEQ_OF = "(SELECT seq FROM warnings WHERE id = ?)"
 
 _AREA_COLUMNS = "a.code, a.name, a.level, a.parent_code"
@@ -522,6 +525,13 @@ class SqliteStore:
                     "WHERE id > ? AND id <= ? GROUP BY area_code, audience, channel",
                     (warning_id, first_id, last_id),
                 )
+                conn.execute(
+                    "INSERT INTO delivery_state_counts (warning_seq, state, n) "
+                    f"SELECT {_SEQ_OF}, state, count(*) FROM deliveries "
+                    "WHERE id > ? AND id <= ? GROUP BY state "
+                    "ON CONFLICT (warning_seq, state) DO UPDATE SET n = n + excluded.n",
+                    (warning_id, first_id, last_id),
+                )
                 count = int(last_id) - int(first_id)
                 if count:
                     conn.execute(
@@ -554,9 +564,8 @@ class SqliteStore:
     async def delivery_state_counts(self, warning_id: str) -> dict[str, int]:
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             rows = conn.execute(
-                "SELECT d.state, count(*) FROM delivery_ranges r JOIN deliveries d "
-                "ON d.id BETWEEN r.first_id AND r.last_id "
-                f"WHERE r.warning_seq = {_SEQ_OF} GROUP BY d.state",
+                "SELECT state, n FROM delivery_state_counts "
+                f"WHERE warning_seq = {_SEQ_OF} AND n != 0",
                 (warning_id,),
             )
             return {state: int(n) for state, n in rows}
@@ -653,32 +662,43 @@ _DELIVERY_STATE_WHEN_STOPPED = {
 def _stop_warning(
     conn: sqlite3.Connection, warning_id: str, state: WarningState, by: str | None, now: float
 ) -> bool:
-    """Mark an active warning superseded, cancelled or expired and stop its open deliveries,
-    logging each; False when the warning was not active."""
+    """Mark an active warning superseded, cancelled or expired and stop every delivery not yet
+    in a terminal state (held, pending, waiting, in flight or awaiting an acknowledgement: no
+    retry or escalation follows), logging each; False when the warning was not active."""
     changed = conn.execute(
         "UPDATE warnings SET state = ?, superseded_by = ? WHERE id = ? AND state = 'active'",
         (state.value, by, warning_id),
     ).rowcount
     if not changed:
         return False
+    (seq,) = conn.execute("SELECT seq FROM warnings WHERE id = ?", (warning_id,)).fetchone()
     delivery_state = _DELIVERY_STATE_WHEN_STOPPED[state]
     reason = f"{state.value} by {by}" if by else state.value
     ranges = conn.execute(
-        f"SELECT first_id, last_id FROM delivery_ranges WHERE warning_seq = {_SEQ_OF}",
-        (warning_id,),
+        "SELECT first_id, last_id FROM delivery_ranges WHERE warning_seq = ?", (seq,)
     ).fetchall()
+    deltas: dict[str, int] = {}
     for first_id, last_id in ranges:
+        for old_state, n in conn.execute(
+            "SELECT state, count(*) FROM deliveries "
+            f"WHERE id BETWEEN ? AND ? AND state IN ({_STOPPABLE_SQL}) GROUP BY state",
+            (first_id, last_id),
+        ).fetchall():
+            deltas[old_state] = deltas.get(old_state, 0) - int(n)
+            deltas[delivery_state.value] = deltas.get(delivery_state.value, 0) + int(n)
         conn.execute(
-            "INSERT INTO delivery_events (at, warning_id, delivery_id, state, attempt, reason) "
-            "SELECT ?, ?, id, ?, attempts, ? FROM deliveries "
-            f"WHERE id BETWEEN ? AND ? AND state IN ({_OPEN_SQL})",
+            "INSERT INTO delivery_events (at, warning_id, delivery_id, state, attempt, reason, "
+            "target_id, channel, area_code) "
+            "SELECT ?, ?, id, ?, attempts, ?, target_id, channel, area_code FROM deliveries "
+            f"WHERE id BETWEEN ? AND ? AND state IN ({_STOPPABLE_SQL})",
             (now, warning_id, delivery_state.value, reason, first_id, last_id),
         )
         conn.execute(
             "UPDATE deliveries SET state = ?, updated_at = ? "
-            f"WHERE id BETWEEN ? AND ? AND state IN ({_OPEN_SQL})",
+            f"WHERE id BETWEEN ? AND ? AND state IN ({_STOPPABLE_SQL})",
             (delivery_state.value, now, first_id, last_id),
         )
+    bump_state_counts(conn, seq, deltas)
     _log_warning_event(conn, warning_id, state.value, now, {"by": by} if by else {})
     return True
 

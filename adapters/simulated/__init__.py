@@ -1,0 +1,1 @@
+"""Simulated adapters for every channel (being written)."""

@@ -1,0 +1,101 @@
+"""Adapter instances from the config: each ``[adapters.<name>]`` resolved to its kind (through
+the ``tocsin.adapters`` entry points) and its settings validated by that kind's model.
+
+Settings fields typed :class:`pydantic.SecretStr` take a secret reference (``env:``, ``file:``,
+``credential:``), resolved here so a secret is never written into a config file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from dispatcher.adapter import Adapter, AdapterFactory, adapter_kinds
+from dispatcher.config import AdapterInstanceConfig
+from dispatcher.domain import Channel
+from dispatcher.secrets import SecretError, resolve_secret
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterSpec:
+    """One configured adapter instance, ready to construct."""
+
+    name: str
+    factory: AdapterFactory
+    config: AdapterInstanceConfig
+    settings: BaseModel
+    channels: frozenset[Channel]
+
+    @property
+    def batch_size(self) -> int:
+        return min(self.config.batch_size or self.factory.max_batch, self.factory.max_batch)
+
+    def create(self) -> Adapter:
+        return self.factory(name=self.name, settings=self.settings)
+
+
+def _secret_fields(model: type[BaseModel]) -> set[str]:
+    out = set()
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if annotation is SecretStr or SecretStr in getattr(annotation, "__args__", ()):
+            out.add(name)
+    return out
+
+
+def build_adapter_specs(
+    config_path: Path,
+    instances: Mapping[str, AdapterInstanceConfig],
+    base_dir: Path,
+    *,
+    kinds: Mapping[str, AdapterFactory] | None = None,
+) -> tuple[tuple[AdapterSpec, ...], list[str]]:
+    """The specs and the problems found, each as ``file: adapters.<name>.<key>: what``."""
+    known = dict(adapter_kinds() if kinds is None else kinds)
+    specs: list[AdapterSpec] = []
+    problems: list[str] = []
+    for name, instance in instances.items():
+        where = f"{config_path}: adapters.{name}"
+        factory = known.get(instance.kind)
+        if factory is None:
+            problems.append(
+                f"{where}.kind: unknown adapter kind {instance.kind!r} "
+                f"(installed: {', '.join(sorted(known)) or 'none'})"
+            )
+            continue
+        channels = frozenset(instance.channels) or factory.channels
+        extra = sorted(c.value for c in channels - factory.channels)
+        if extra:
+            problems.append(
+                f"{where}.channels: kind {instance.kind} cannot serve {', '.join(extra)} "
+                f"(it serves {', '.join(sorted(c.value for c in factory.channels))})"
+            )
+            continue
+        raw: dict[str, Any] = dict(instance.settings)
+        bad_secret = False
+        for field_name in _secret_fields(factory.settings_model):
+            value = raw.get(field_name)
+            if isinstance(value, str):
+                try:
+                    raw[field_name] = resolve_secret(value, base_dir=base_dir)
+                except SecretError as exc:
+                    problems.append(f"{where}.settings.{field_name}: {exc}")
+                    bad_secret = True
+        if bad_secret:
+            continue
+        try:
+            settings = factory.settings_model.model_validate(raw)
+        except ValidationError as exc:
+            for item in exc.errors(include_url=False, include_input=False):
+                loc = ".".join(str(p) for p in item["loc"])
+                msg = item["msg"].removeprefix("Value error, ")
+                if item["type"] == "extra_forbidden":
+                    msg = f"unknown setting for kind {instance.kind}"
+                problems.append(f"{where}.settings.{loc}: {msg}")
+            continue
+        specs.append(AdapterSpec(name, factory, instance, settings, channels))
+    return tuple(specs), problems
