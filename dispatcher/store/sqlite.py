@@ -11,7 +11,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +42,7 @@ from dispatcher.store.base import (
     SqlStatement,
 )
 from dispatcher.store.migrations import migrate_sqlite
+from dispatcher.store.sqlite_base import SqliteConnections
 from dispatcher.store.sqlite_counts import bump_state_counts
 
 T = TypeVar("T")
@@ -96,15 +97,8 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
-class SqliteStore:
+class SqliteStore(SqliteConnections):
     """The :class:`dispatcher.store.base.Store` on one SQLite file."""
-
-    def __init__(self, path: Path, writer: ThreadPoolExecutor, reader: ThreadPoolExecutor) -> None:
-        self.path = path
-        self._writer_pool = writer
-        self._reader_pool = reader
-        self._wconn: sqlite3.Connection | None = None
-        self._rconn: sqlite3.Connection | None = None
 
     @classmethod
     async def open(cls, path: Path | str) -> SqliteStore:
@@ -142,18 +136,6 @@ class SqliteStore:
             await loop.run_in_executor(self._reader_pool, conn.close)
         self._writer_pool.shutdown(wait=True)
         self._reader_pool.shutdown(wait=True)
-
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._wconn
-        if conn is None:
-            raise RuntimeError("store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._writer_pool, fn, conn)
-
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._rconn
-        if conn is None:
-            raise RuntimeError("store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, fn, conn)
 
     # -- health ------------------------------------------------------------------------------
     async def ping(self) -> None:

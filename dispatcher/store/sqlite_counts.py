@@ -6,7 +6,9 @@ import sqlite3
 from collections.abc import Mapping
 
 
-def bump_state_counts(conn: sqlite3.Connection, warning_seq: int, deltas: Mapping[str, int]) -> None:
+def bump_state_counts(
+    conn: sqlite3.Connection, warning_seq: int, deltas: Mapping[str, int]
+) -> None:
     """Add ``deltas`` (state → change) to the warning's counts."""
     rows = [(warning_seq, state, n) for state, n in deltas.items() if n]
     if rows:
