@@ -150,6 +150,8 @@ class AdapterInstanceConfig(_Model):
     batch_size: Annotated[int, Field(ge=1, le=10_000)] | None = None
     #: A send() that takes longer is abandoned and its deliveries retried.
     send_timeout: Seconds = 30.0
+    #: Batches handed to this instance at once.
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 4
     #: Circuit breaker: after this many consecutive failed batches the instance is paused
     #: for breaker_pause seconds (its deliveries fall over to the next channel, if any).
     breaker_failures: Annotated[int, Field(ge=1, le=1000)] = 5

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from dispatcher.api.app import ApiDeps, create_app
 from dispatcher.config import LoadedConfig
+from dispatcher.engine.engine import Engine
 from dispatcher.planning_worker import PlanningWorker
 from dispatcher.store.sqlite import SqliteStore
 from dispatcher.warning_service import WarningService
@@ -74,6 +75,17 @@ async def serve(
         await ensure_directory(config, store)
 
         registry = CollectorRegistry()
+        engine = Engine(
+            store,
+            config=config.settings.engine,
+            policy=lambda: config.policy,
+            adapters=config.adapters,
+            registry=registry,
+        )
+        await engine.start()
+        # Stopped after the planner and the API (the exit stack runs in reverse): the engine
+        # drains in-flight sends last.
+        stack.push_async_callback(engine.stop)
         planner = PlanningWorker(store, lambda: config.policy, registry=registry)
         await planner.start()
         stack.push_async_callback(planner.stop)
@@ -85,7 +97,7 @@ async def serve(
                 warnings=service,
                 tokens=lambda: config.tokens,
                 max_body_bytes=config.settings.server.max_body_bytes,
-                ready=lambda: planner.running,
+                ready=lambda: planner.running and engine.running,
                 registry=registry,
             )
         )

@@ -18,9 +18,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dispatcher.domain import (
-    IN_FLIGHT_DELIVERY_STATES,
-    OPEN_DELIVERY_STATES,
-    DeliveryState,
     DeviceKind,
     Level,
     MsgType,
@@ -43,13 +40,13 @@ from dispatcher.store.base import (
 )
 from dispatcher.store.migrations import migrate_sqlite
 from dispatcher.store.sqlite_base import SqliteConnections
-from dispatcher.store.sqlite_counts import bump_state_counts
+from dispatcher.store.sqlite_engine import SqliteEngineOps
+from dispatcher.store.sqlite_log import SqliteLogQueries
+from dispatcher.store.sqlite_stop import log_warning_event as _log_warning_event
+from dispatcher.store.sqlite_stop import stop_warning as _stop_warning
 
 T = TypeVar("T")
 
-_STOPPABLE_SQL = ", ".join(
-    f"'{s.value}'" for s in (*OPEN_DELIVERY_STATES, *IN_FLIGHT_DELIVERY_STATES)
-)
 _SEQ_OF = "(SELECT seq FROM warnings WHERE id = ?)"
 
 _AREA_COLUMNS = "a.code, a.name, a.level, a.parent_code"
@@ -97,7 +94,7 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
-class SqliteStore(SqliteConnections):
+class SqliteStore(SqliteEngineOps, SqliteLogQueries, SqliteConnections):
     """The :class:`dispatcher.store.base.Store` on one SQLite file."""
 
     @classmethod
@@ -631,67 +628,6 @@ def _warning_from_row(row: Sequence[Any]) -> WarningRecord:
         audio_sha256=row[21],
         state=WarningState(row[22]),
         created_by=row[23],
-    )
-
-
-_DELIVERY_STATE_WHEN_STOPPED = {
-    WarningState.SUPERSEDED: DeliveryState.SUPERSEDED,
-    WarningState.CANCELLED: DeliveryState.CANCELLED,
-    WarningState.EXPIRED: DeliveryState.EXPIRED,
-}
-
-
-def _stop_warning(
-    conn: sqlite3.Connection, warning_id: str, state: WarningState, by: str | None, now: float
-) -> bool:
-    """Mark an active warning superseded, cancelled or expired and stop every delivery not yet
-    in a terminal state (held, pending, waiting, in flight or awaiting an acknowledgement: no
-    retry or escalation follows), logging each; False when the warning was not active."""
-    changed = conn.execute(
-        "UPDATE warnings SET state = ?, superseded_by = ? WHERE id = ? AND state = 'active'",
-        (state.value, by, warning_id),
-    ).rowcount
-    if not changed:
-        return False
-    (seq,) = conn.execute("SELECT seq FROM warnings WHERE id = ?", (warning_id,)).fetchone()
-    delivery_state = _DELIVERY_STATE_WHEN_STOPPED[state]
-    reason = f"{state.value} by {by}" if by else state.value
-    ranges = conn.execute(
-        "SELECT first_id, last_id FROM delivery_ranges WHERE warning_seq = ?", (seq,)
-    ).fetchall()
-    deltas: dict[str, int] = {}
-    for first_id, last_id in ranges:
-        for old_state, n in conn.execute(
-            "SELECT state, count(*) FROM deliveries "
-            f"WHERE id BETWEEN ? AND ? AND state IN ({_STOPPABLE_SQL}) GROUP BY state",
-            (first_id, last_id),
-        ).fetchall():
-            deltas[old_state] = deltas.get(old_state, 0) - int(n)
-            deltas[delivery_state.value] = deltas.get(delivery_state.value, 0) + int(n)
-        conn.execute(
-            "INSERT INTO delivery_events (at, warning_id, delivery_id, state, attempt, reason, "
-            "target_id, channel, area_code) "
-            "SELECT ?, ?, id, ?, attempts, ?, target_id, channel, area_code FROM deliveries "
-            f"WHERE id BETWEEN ? AND ? AND state IN ({_STOPPABLE_SQL})",
-            (now, warning_id, delivery_state.value, reason, first_id, last_id),
-        )
-        conn.execute(
-            "UPDATE deliveries SET state = ?, updated_at = ? "
-            f"WHERE id BETWEEN ? AND ? AND state IN ({_STOPPABLE_SQL})",
-            (delivery_state.value, now, first_id, last_id),
-        )
-    bump_state_counts(conn, seq, deltas)
-    _log_warning_event(conn, warning_id, state.value, now, {"by": by} if by else {})
-    return True
-
-
-def _log_warning_event(
-    conn: sqlite3.Connection, warning_id: str, state: str, now: float, detail: dict[str, Any]
-) -> None:
-    conn.execute(
-        "INSERT INTO delivery_events (at, warning_id, delivery_id, state, detail) "
-        "VALUES (?, ?, NULL, ?, ?)",
-        (now, warning_id, state, json.dumps(detail, default=str)),
     )
 
 

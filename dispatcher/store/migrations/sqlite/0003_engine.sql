@@ -7,13 +7,16 @@ ALTER TABLE warnings ADD COLUMN plan_stage INTEGER NOT NULL DEFAULT 0;
 -- Set when every delivery of the warning is in a terminal state.
 ALTER TABLE warnings ADD COLUMN completed_at TEXT;
 
--- A delivery's later ladder steps, found when an earlier step fails or goes unacknowledged,
--- or when the person acknowledges. Partial: planning pays only for the held rows.
-CREATE INDEX deliveries_held ON deliveries(target_id) WHERE state = 'held';
+-- The engine claims one channel at a time (each channel has its own adapters and rate), by
+-- priority then due time: one index range per (channel, priority).
+DROP INDEX deliveries_due;
+CREATE INDEX deliveries_due ON deliveries(channel, priority, due_at) WHERE state IN ('pending','retry_wait');
+-- A target's deliveries: the other steps of a person's ladder (released when one fails, skipped
+-- when they acknowledge) and the deliveries a reply or a call acknowledges. Written once per
+-- row at planning and never updated (target_id does not change), so dispatch pays nothing.
+CREATE INDEX deliveries_target ON deliveries(target_id);
 -- Leases to reclaim and acknowledgement deadlines to enforce, by due time.
 CREATE INDEX deliveries_in_flight ON deliveries(due_at) WHERE state IN ('sending','sent','delivered');
--- A reply ("1", 收到) names no delivery: it is matched to the sender's deliveries awaiting one.
-CREATE INDEX deliveries_awaiting_ack ON deliveries(target_id) WHERE state IN ('sent','delivered');
 
 -- Phone number → person, for replies and calls that acknowledge.
 CREATE INDEX persons_phone ON persons(phone) WHERE phone IS NOT NULL;

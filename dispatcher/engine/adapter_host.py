@@ -1,0 +1,180 @@
+"""One configured adapter instance inside the engine: its lifecycle (start, "not ready" and
+retry with backoff, stop), its rate limit, its circuit breaker, and the narrow context it
+reports through."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from dispatcher.adapter import (
+    Accepted,
+    Adapter,
+    AdapterNotReady,
+    Dispatch,
+    Failed,
+    Outcome,
+    Report,
+    Retry,
+    check_outcomes,
+)
+from dispatcher.adapter_config import AdapterSpec
+from dispatcher.engine.backoff import Backoff
+from dispatcher.engine.breaker import BreakerState, CircuitBreaker
+from dispatcher.engine.rate_limit import TokenBucket
+
+log = structlog.get_logger(__name__)
+
+
+class _Context:
+    """What the adapter sees of the daemon: its name and a way to report."""
+
+    def __init__(self, name: str, sink: Callable[[str, Report], None]) -> None:
+        self._name = name
+        self._sink = sink
+
+    @property
+    def adapter_name(self) -> str:
+        return self._name
+
+    def report(self, report: Report) -> None:
+        self._sink(self._name, report)
+
+
+class AdapterHost:
+    def __init__(
+        self,
+        spec: AdapterSpec,
+        report_sink: Callable[[str, Report], None],
+        *,
+        start_backoff: Backoff | None = None,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.adapter: Adapter = spec.create()
+        self.bucket = TokenBucket(spec.config.rate_per_second, spec.config.burst)
+        self.breaker = CircuitBreaker(
+            failures=spec.config.breaker_failures, pause=spec.config.breaker_pause
+        )
+        self.in_flight = 0
+        self.max_in_flight = spec.config.concurrency
+        self._context = _Context(spec.name, report_sink)
+        self._start_backoff = start_backoff or Backoff(base=1.0, cap=60.0)
+        self._ready = False
+        self.start_failures = 0
+        self._task: asyncio.Task[None] | None = None
+        self.on_ready: Callable[[], None] = lambda: None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def paused(self) -> bool:
+        """Cannot send and is not about to: failed to start, or its breaker is open."""
+        if not self._ready:
+            return self.start_failures > 0
+        return self.breaker.state is BreakerState.OPEN
+
+    def capacity(self) -> int:
+        """How many deliveries may be handed to this instance now."""
+        if not self._ready or self.in_flight >= self.max_in_flight or not self.breaker.allow():
+            return 0
+        return self.bucket.available(self.spec.batch_size)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(
+            self._start_loop(), name=f"tocsin-adapter-start-{self.name}"
+        )
+
+    async def _start_loop(self) -> None:
+        while True:
+            try:
+                await self.adapter.start(self._context)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a start that raises anything is "not ready"
+                self.start_failures += 1
+                delay = self._start_backoff.delay(self.start_failures)
+                log.warning(
+                    "adapter not ready",
+                    adapter=self.name,
+                    kind=self.spec.factory.kind,
+                    error=str(exc) if isinstance(exc, AdapterNotReady) else repr(exc),
+                    retry_in=round(delay, 1),
+                )
+                await asyncio.sleep(delay)
+                continue
+            self._ready = True
+            log.info("adapter started", adapter=self.name, kind=self.spec.factory.kind)
+            self.on_ready()
+            return
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._ready:
+            self._ready = False
+            try:
+                await asyncio.wait_for(self.adapter.stop(), timeout=10)
+            except Exception:
+                log.exception("adapter stop failed", adapter=self.name)
+
+    async def send(self, batch: Sequence[Dispatch]) -> tuple[list[Outcome], bool]:
+        """Send through the adapter; never raises and never hangs past send_timeout.
+
+        Returns the outcomes and whether the batch counts as a failure for the breaker
+        (the adapter raised, hung, returned garbage, or asked to retry every dispatch)."""
+        self.in_flight += 1
+        self.breaker.started()
+        started = time.monotonic()
+        task = asyncio.create_task(self.adapter.send(batch), name=f"tocsin-send-{self.name}")
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.spec.config.send_timeout)
+            if not done:
+                task.cancel()  # not awaited: an adapter that ignores cancellation cannot hang us
+                task.add_done_callback(_consume)
+                reason = (
+                    f"adapter {self.name} did not answer within {self.spec.config.send_timeout:g}s"
+                )
+                log.warning("adapter send timed out", adapter=self.name, batch=len(batch))
+                return [Retry(reason) for _ in batch], True
+            try:
+                raw = task.result()
+            except Exception as exc:
+                log.warning("adapter send raised", adapter=self.name, error=repr(exc))
+                return [
+                    Retry(f"adapter {self.name} raised {type(exc).__name__}") for _ in batch
+                ], True
+            outcomes = check_outcomes(batch, raw)
+            garbage = not _well_formed(raw, len(batch))
+            if garbage:
+                log.warning("adapter returned garbage", adapter=self.name, batch=len(batch))
+            all_retry = bool(outcomes) and all(isinstance(o, Retry) for o in outcomes)
+            return outcomes, garbage or all_retry
+        finally:
+            self.in_flight -= 1
+            log.debug(
+                "batch sent", adapter=self.name, n=len(batch), seconds=time.monotonic() - started
+            )
+
+
+def _well_formed(raw: object, n: int) -> bool:
+    return (
+        isinstance(raw, Sequence)
+        and not isinstance(raw, (str, bytes))
+        and len(raw) == n
+        and all(isinstance(o, (Accepted, Retry, Failed)) for o in raw)
+    )
+
+
+def _consume(task: asyncio.Task[object]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,1191 @@
+"""The engine's side of the SQLite store: claiming due deliveries under a lease, recording
+outcomes, acknowledgements and the coverage they add, escalation, and the timer sweep.
+
+Every method is one write transaction on the writer thread, working on a batch. Timers are rows:
+``deliveries.due_at`` says when each delivery is next looked at (see DeliveryState).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from dispatcher.adapter import ReportState, WarningContent
+from dispatcher.domain import (
+    TERMINAL_DELIVERY_STATES,
+    Audience,
+    DeliveryState,
+    Level,
+    MsgType,
+    Status,
+    WarningState,
+)
+from dispatcher.engine.types import (
+    Ack,
+    AckOutcome,
+    AckResult,
+    AdapterAck,
+    ClaimedDelivery,
+    HouseholdConfirmation,
+    LevelRules,
+    RecordResult,
+    SweepResult,
+    Transition,
+)
+from dispatcher.store.sqlite_base import SqliteConnections
+from dispatcher.store.sqlite_counts import bump_state_counts
+from dispatcher.store.sqlite_stop import log_warning_event, stop_warning
+
+__all__ = ["VISIT_PRIORITY", "SqliteEngineOps"]
+
+#: Visit tasks go out with the grid members' own messages.
+VISIT_PRIORITY = 10
+
+#: Computes the delay before retry number ``attempt`` (honouring a provider's retry-after).
+RetryDelay = Callable[[int, float | None], float]
+
+_TERMINAL = frozenset(s.value for s in TERMINAL_DELIVERY_STATES)
+_STOPPED = frozenset(
+    {
+        DeliveryState.CANCELLED.value,
+        DeliveryState.SUPERSEDED.value,
+        DeliveryState.EXPIRED.value,
+        DeliveryState.SKIPPED.value,
+    }
+)
+_PEOPLE_AUDIENCES = frozenset(
+    {Audience.GRID_MEMBER.value, Audience.HOUSEHOLD.value, Audience.PERSON.value}
+)
+_NOT_YET_SENT = ("held", "pending", "retry_wait")
+
+
+@dataclass(slots=True)
+class _WarningInfo:
+    seq: int
+    id: str
+    level: str
+    expires: float
+    state: str
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Counter changes and facts gathered during one transaction, written at its end."""
+
+    conn: sqlite3.Connection
+    now: float
+    levels: Mapping[str, LevelRules]
+    visit_delay: float
+    warnings: dict[int, _WarningInfo] = field(default_factory=dict)
+    state_deltas: dict[int, dict[str, int]] = field(default_factory=dict)
+    coverage: dict[tuple[int, str, str], int] = field(default_factory=dict)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    escalated: int = 0
+    visits: int = 0
+
+    def warning(self, seq: int) -> _WarningInfo:
+        info = self.warnings.get(seq)
+        if info is None:
+            row = self.conn.execute(
+                "SELECT seq, id, level, expires, state FROM warnings WHERE seq = ?", (seq,)
+            ).fetchone()
+            info = _WarningInfo(
+                row[0], row[1], row[2], datetime.fromisoformat(row[3]).timestamp(), row[4]
+            )
+            self.warnings[seq] = info
+        return info
+
+    def rules(self, seq: int) -> LevelRules:
+        return self.levels[self.warning(seq).level]
+
+    def move(self, seq: int, old: str, new: str, n: int = 1) -> None:
+        deltas = self.state_deltas.setdefault(seq, {})
+        deltas[old] = deltas.get(old, 0) - n
+        deltas[new] = deltas.get(new, 0) + n
+
+    def event(
+        self,
+        seq: int,
+        delivery_id: int | None,
+        state: str,
+        *,
+        attempt: int = 0,
+        adapter: str = "",
+        reason: str = "",
+        detail: Mapping[str, Any] | None = None,
+        target_id: str | None = None,
+        channel: str | None = None,
+        area_code: str | None = None,
+        at: float | None = None,
+    ) -> None:
+        self.events.append(
+            (
+                self.now if at is None else at,
+                self.warning(seq).id,
+                delivery_id,
+                state,
+                attempt,
+                adapter,
+                reason,
+                json.dumps(dict(detail or {}), ensure_ascii=False, default=str),
+                target_id,
+                channel,
+                area_code,
+            )
+        )
+
+    def flush(self) -> None:
+        if self.events:
+            self.conn.executemany(
+                "INSERT INTO delivery_events (at, warning_id, delivery_id, state, attempt, "
+                "adapter, reason, detail, target_id, channel, area_code) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                self.events,
+            )
+        for seq, deltas in self.state_deltas.items():
+            bump_state_counts(self.conn, seq, deltas)
+        if self.coverage:
+            self.conn.executemany(
+                "INSERT INTO coverage_counts (warning_seq, village_code, kind, n) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (warning_seq, village_code, kind) "
+                "DO UPDATE SET n = n + excluded.n",
+                [(seq, village, kind, n) for (seq, village, kind), n in self.coverage.items()],
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    id: int
+    warning_seq: int
+    audience: str
+    target_id: str
+    channel: str
+    area_code: str
+    state: str
+    attempts: int
+
+
+_ROW_COLUMNS = "id, warning_seq, audience, target_id, channel, area_code, state, attempts"
+
+
+def _row(values: Sequence[Any]) -> _Row:
+    return _Row(*values)
+
+
+class SqliteEngineOps(SqliteConnections):
+    """Mixed into :class:`dispatcher.store.sqlite.SqliteStore`."""
+
+    # -- claiming ------------------------------------------------------------------------------
+    async def claim_due(
+        self,
+        channel: str,
+        limit: int,
+        *,
+        now: float,
+        lease: float,
+        priorities: Sequence[int],
+    ) -> list[ClaimedDelivery]:
+        """Lease up to ``limit`` due deliveries of ``channel``, most urgent first, and read
+        what sending them needs (address, warning, visit households)."""
+
+        def run(conn: sqlite3.Connection) -> list[ClaimedDelivery]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows: list[_Row] = []
+                for priority in priorities:
+                    if len(rows) >= limit:
+                        break
+                    rows.extend(
+                        _row(r)
+                        for r in conn.execute(
+                            f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE channel = ? "
+                            "AND priority = ? AND state IN ('pending','retry_wait') "
+                            "AND due_at <= ? ORDER BY due_at LIMIT ?",
+                            (channel, priority, now, limit - len(rows)),
+                        )
+                    )
+                if not rows:
+                    conn.execute("COMMIT")
+                    return []
+                conn.executemany(
+                    "UPDATE deliveries SET state = 'sending', attempts = ?, due_at = ?, "
+                    "updated_at = ? WHERE id = ?",
+                    [(r.attempts + 1, now + lease, now, r.id) for r in rows],
+                )
+                deltas: dict[int, dict[str, int]] = {}
+                for r in rows:
+                    d = deltas.setdefault(r.warning_seq, {})
+                    d[r.state] = d.get(r.state, 0) - 1
+                    d["sending"] = d.get("sending", 0) + 1
+                for seq, delta in deltas.items():
+                    bump_state_counts(conn, seq, delta)
+                claimed = _resolve(conn, rows)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return claimed
+
+        return await self._write(run)
+
+    async def reclaim_all_leases(self, *, now: float) -> int:
+        """At start of the only engine on this store: every delivery still leased was being
+        sent by a process that is gone; make it due again now (it may have been sent: at
+        least once)."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = [
+                    _row(r)
+                    for r in conn.execute(
+                        f"SELECT {_ROW_COLUMNS} FROM deliveries "
+                        "WHERE state IN ('sending','sent','delivered') AND state = 'sending'"
+                    )
+                ]
+                batch = _Batch(conn, now, {}, 0.0)
+                _reclaim(batch, rows, "the daemon stopped during the send")
+                batch.flush()
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return len(rows)
+
+        return await self._write(run)
+
+    # -- outcomes ------------------------------------------------------------------------------
+    async def record_transitions(
+        self,
+        transitions: Sequence[Transition],
+        *,
+        now: float,
+        levels: Mapping[str, LevelRules],
+        visit_delay: float,
+        addresses: Mapping[int, str] | None = None,
+    ) -> RecordResult:
+        """Apply the engine's decisions for sent deliveries, log each, and escalate."""
+
+        def run(conn: sqlite3.Connection) -> RecordResult:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = _record(conn, transitions, now, levels, visit_delay, addresses or {})
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await self._write(run)
+
+    async def fall_over(
+        self,
+        claimed: Sequence[ClaimedDelivery],
+        *,
+        now: float,
+        resume_at: float,
+        reason: str,
+    ) -> int:
+        """No adapter can take these claimed deliveries. A person's delivery with a later
+        ladder step fails over to it at once; the rest wait until ``resume_at`` without the
+        attempt counting. Returns how many fell over."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                batch = _Batch(conn, now, {}, 0.0)
+                fell = _fall_over(batch, claimed, resume_at, reason)
+                batch.flush()
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return fell
+
+        return await self._write(run)
+
+    # -- acknowledgements ----------------------------------------------------------------------
+    async def apply_acks(
+        self,
+        acks: Sequence[Ack],
+        *,
+        now: float,
+        levels: Mapping[str, LevelRules],
+        visit_delay: float,
+        retry_delay: RetryDelay,
+    ) -> list[AckOutcome]:
+        """Apply acknowledgements and status reports, once each, in one transaction."""
+
+        def run(conn: sqlite3.Connection) -> list[AckOutcome]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                batch = _Batch(conn, now, levels, visit_delay)
+                outcomes = [_apply_ack(batch, ack, retry_delay) for ack in acks]
+                batch.flush()
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return outcomes
+
+        return await self._write(run)
+
+    # -- timers --------------------------------------------------------------------------------
+    async def sweep(
+        self,
+        *,
+        now: float,
+        levels: Mapping[str, LevelRules],
+        visit_delay: float,
+        limit: int = 5000,
+    ) -> SweepResult:
+        """Expire warnings past their expiry, reclaim expired leases, enforce acknowledgement
+        deadlines (resend to devices, escalate people), and mark warnings complete."""
+
+        def run(conn: sqlite3.Connection) -> SweepResult:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = _sweep(conn, now, levels, visit_delay, limit)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await self._write(run)
+
+    async def next_due_at(self, channel: str, priorities: Sequence[int]) -> float | None:
+        """The earliest due time of the channel's waiting deliveries (None: nothing waits)."""
+
+        def run(conn: sqlite3.Connection) -> float | None:
+            best: float | None = None
+            for priority in priorities:
+                row = conn.execute(
+                    "SELECT min(due_at) FROM deliveries WHERE channel = ? AND priority = ? "
+                    "AND state IN ('pending','retry_wait')",
+                    (channel, priority),
+                ).fetchone()
+                if row[0] is not None and (best is None or row[0] < best):
+                    best = float(row[0])
+            return best
+
+        return await self._read(run)
+
+    async def warning_contents(self, seqs: Iterable[int]) -> dict[int, WarningContent]:
+        wanted = sorted(set(seqs))
+
+        def run(conn: sqlite3.Connection) -> dict[int, WarningContent]:
+            out: dict[int, WarningContent] = {}
+            for seq in wanted:
+                row = conn.execute(
+                    "SELECT id, status, msg_type, level, event, headline, description, "
+                    "instruction, area_codes, sent, expires, audio_url, audio_sha256 "
+                    "FROM warnings WHERE seq = ?",
+                    (seq,),
+                ).fetchone()
+                if row is None:
+                    continue
+                out[seq] = WarningContent(
+                    id=row[0],
+                    status=Status(row[1]),
+                    msg_type=MsgType(row[2]),
+                    level=Level(row[3]),
+                    event=row[4],
+                    headline=row[5],
+                    description=row[6],
+                    instruction=row[7],
+                    area_codes=tuple(json.loads(row[8])),
+                    sent=datetime.fromisoformat(row[9]),
+                    expires=datetime.fromisoformat(row[10]),
+                    audio_url=row[11],
+                    audio_sha256=row[12],
+                )
+            return out
+
+        return await self._read(run)
+
+    async def person_grid_ids(self, person_id: str) -> list[str]:
+        """The grids a grid member serves."""
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT grid_id FROM grid_members WHERE person_id = ? ORDER BY grid_id",
+                (person_id,),
+            )
+            return [r[0] for r in rows]
+
+        return await self._read(run)
+
+    async def household_grid_id(self, household_id: str) -> str | None:
+        def run(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT grid_id FROM households WHERE id = ?", (household_id,)
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._read(run)
+
+
+# -- claiming -----------------------------------------------------------------------------------
+def _resolve(conn: sqlite3.Connection, rows: Sequence[_Row]) -> list[ClaimedDelivery]:
+    person_ids = [r.target_id for r in rows if r.audience != Audience.DEVICE.value]
+    device_ids = [r.target_id for r in rows if r.audience == Audience.DEVICE.value]
+    visit_ids = [r.id for r in rows if r.audience == Audience.VISIT.value]
+    phones: dict[str, str | None] = {}
+    for chunk in _chunks(person_ids, 900):
+        marks = ",".join("?" * len(chunk))
+        phones.update(
+            conn.execute(f"SELECT id, phone FROM persons WHERE id IN ({marks})", chunk).fetchall()
+        )
+    devices: dict[str, tuple[str, str]] = {}
+    for chunk in _chunks(device_ids, 900):
+        marks = ",".join("?" * len(chunk))
+        for device_id, address, adapter in conn.execute(
+            f"SELECT id, address, adapter FROM devices WHERE id IN ({marks})", chunk
+        ):
+            devices[device_id] = (address or device_id, adapter)
+    households: dict[int, list[str]] = {}
+    for chunk_ids in _chunks(visit_ids, 900):
+        marks = ",".join("?" * len(chunk_ids))
+        for delivery_id, household_id in conn.execute(
+            "SELECT vh.delivery_id, vh.household_id FROM visit_households vh "
+            f"WHERE vh.delivery_id IN ({marks}) AND NOT EXISTS (SELECT 1 FROM reached r "
+            "WHERE r.warning_seq = vh.warning_seq AND r.kind = 'household' "
+            "AND r.target_id = vh.household_id) ORDER BY vh.household_id",
+            chunk_ids,
+        ):
+            households.setdefault(delivery_id, []).append(household_id)
+    warnings = {
+        seq: (wid, level)
+        for seq, wid, level in conn.execute(
+            "SELECT seq, id, level FROM warnings WHERE seq IN "
+            f"({','.join(str(s) for s in {r.warning_seq for r in rows})})"
+        )
+    }
+    out = []
+    for r in rows:
+        if r.audience == Audience.DEVICE.value:
+            address, adapter = devices.get(r.target_id, (None, ""))
+        else:
+            address, adapter = phones.get(r.target_id), ""
+        wid, level = warnings[r.warning_seq]
+        out.append(
+            ClaimedDelivery(
+                id=r.id,
+                warning_seq=r.warning_seq,
+                warning_id=wid,
+                level=level,
+                audience=r.audience,
+                target_id=r.target_id,
+                channel=r.channel,
+                area_code=r.area_code,
+                attempt=r.attempts + 1,
+                address=address,
+                adapter=adapter,
+                households=tuple(households.get(r.id, ())),
+            )
+        )
+    return out
+
+
+def _reclaim(batch: _Batch, rows: Sequence[_Row], why: str) -> None:
+    batch.conn.executemany(
+        "UPDATE deliveries SET state = 'retry_wait', due_at = ?, updated_at = ? WHERE id = ?",
+        [(batch.now, batch.now, r.id) for r in rows],
+    )
+    for r in rows:
+        batch.move(r.warning_seq, "sending", "retry_wait")
+        batch.event(
+            r.warning_seq,
+            r.id,
+            "retry_wait",
+            attempt=r.attempts,
+            reason=f"lease expired: {why}",
+            target_id=r.target_id,
+            channel=r.channel,
+            area_code=r.area_code,
+        )
+
+
+def _fall_over(
+    batch: _Batch, claimed: Sequence[ClaimedDelivery], resume_at: float, reason: str
+) -> int:
+    conn = batch.conn
+    fell = 0
+    for c in claimed:
+        held = None
+        if c.audience in _PEOPLE_AUDIENCES:
+            held = conn.execute(
+                f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE target_id = ? AND warning_seq = ? "
+                "AND state = 'held' ORDER BY priority, id LIMIT 1",
+                (c.target_id, c.warning_seq),
+            ).fetchone()
+        if held is None:
+            conn.execute(
+                "UPDATE deliveries SET state = 'retry_wait', due_at = ?, attempts = ?, "
+                "updated_at = ? WHERE id = ? AND state = 'sending'",
+                (resume_at, c.attempt - 1, batch.now, c.id),
+            )
+            batch.move(c.warning_seq, "sending", "retry_wait")
+            batch.event(
+                c.warning_seq,
+                c.id,
+                "retry_wait",
+                attempt=c.attempt - 1,
+                reason=reason,
+                target_id=c.target_id,
+                channel=c.channel,
+                area_code=c.area_code,
+            )
+            continue
+        step = _row(held)
+        conn.execute(
+            "UPDATE deliveries SET state = 'failed', due_at = ?, updated_at = ? "
+            "WHERE id = ? AND state = 'sending'",
+            (batch.now, batch.now, c.id),
+        )
+        conn.execute(
+            "UPDATE deliveries SET state = 'pending', due_at = ?, updated_at = ? WHERE id = ?",
+            (batch.now, batch.now, step.id),
+        )
+        batch.move(c.warning_seq, "sending", "failed")
+        batch.move(c.warning_seq, "held", "pending")
+        batch.event(
+            c.warning_seq,
+            c.id,
+            "failed",
+            attempt=c.attempt,
+            reason=f"{reason}; fell over to {step.channel}",
+            target_id=c.target_id,
+            channel=c.channel,
+            area_code=c.area_code,
+        )
+        batch.event(
+            step.warning_seq,
+            step.id,
+            "pending",
+            reason=f"escalated: {c.channel} unavailable",
+            detail={"after_delivery": c.id},
+            target_id=step.target_id,
+            channel=step.channel,
+            area_code=step.area_code,
+        )
+        fell += 1
+    return fell
+
+
+# -- recording outcomes -------------------------------------------------------------------------
+def _record(
+    conn: sqlite3.Connection,
+    transitions: Sequence[Transition],
+    now: float,
+    levels: Mapping[str, LevelRules],
+    visit_delay: float,
+    addresses: Mapping[int, str],
+) -> RecordResult:
+    batch = _Batch(conn, now, levels, visit_delay)
+    current: dict[int, _Row] = {}
+    ids = [t.delivery_id for t in transitions]
+    for chunk in _chunks(ids, 900):
+        marks = ",".join("?" * len(chunk))
+        for values in conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE id IN ({marks})", chunk
+        ):
+            found = _row(values)
+            current[found.id] = found
+    updates = []
+    refs = []
+    stale = 0
+    escalate: list[tuple[_Row, str]] = []
+    for t in transitions:
+        maybe = current.get(t.delivery_id)
+        if maybe is None:
+            continue
+        row = maybe
+        detail = dict(t.detail)
+        if t.delivery_id in addresses:
+            detail.setdefault("address", addresses[t.delivery_id])
+        if t.reference:
+            detail["reference"] = t.reference
+        if row.state != DeliveryState.SENDING.value:
+            # Cancelled, superseded or expired while the adapter was sending: what happened is
+            # logged, the delivery keeps its terminal state.
+            stale += 1
+            batch.event(
+                row.warning_seq,
+                row.id,
+                t.state.value,
+                attempt=t.attempt,
+                adapter=t.adapter,
+                reason=(t.reason + "; " if t.reason else "") + f"delivery already {row.state}",
+                detail=detail,
+                target_id=row.target_id,
+                channel=row.channel,
+                area_code=row.area_code,
+            )
+            continue
+        attempts = row.attempts - 1 if t.uncount_attempt else row.attempts
+        updates.append(
+            (t.state.value, t.due_at if t.due_at is not None else now, attempts, now, row.id)
+        )
+        batch.move(row.warning_seq, row.state, t.state.value)
+        batch.event(
+            row.warning_seq,
+            row.id,
+            t.state.value,
+            attempt=t.attempt,
+            adapter=t.adapter,
+            reason=t.reason,
+            detail=detail,
+            target_id=row.target_id,
+            channel=row.channel,
+            area_code=row.area_code,
+        )
+        if t.reference:
+            refs.append((t.adapter, t.reference, row.id))
+        if t.escalate:
+            escalate.append((row, f"{row.channel} {t.state.value}: {t.reason}"))
+    conn.executemany(
+        "UPDATE deliveries SET state = ?, due_at = ?, attempts = ?, updated_at = ? WHERE id = ?",
+        updates,
+    )
+    if refs:
+        conn.executemany(
+            "INSERT OR REPLACE INTO delivery_refs (adapter, reference, delivery_id) "
+            "VALUES (?, ?, ?)",
+            refs,
+        )
+    for row, why in escalate:
+        _escalate(batch, row, why)
+    batch.flush()
+    return RecordResult(
+        recorded=len(updates), stale=stale, escalated=batch.escalated, visits_created=batch.visits
+    )
+
+
+# -- escalation ---------------------------------------------------------------------------------
+def _escalate(batch: _Batch, row: _Row, why: str) -> None:
+    """``row`` ended without an acknowledgement: release the target's next held step, or, when
+    the ladder is exhausted, task the household's grid member to visit."""
+    if row.audience not in _PEOPLE_AUDIENCES:
+        return
+    siblings = [
+        _row(r)
+        for r in batch.conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE target_id = ? AND warning_seq = ? "
+            "AND id != ? ORDER BY priority, id",
+            (row.target_id, row.warning_seq, row.id),
+        )
+    ]
+    if any(s.state == DeliveryState.ACKNOWLEDGED.value for s in siblings):
+        return
+    held = [s for s in siblings if s.state == DeliveryState.HELD.value]
+    if held:
+        step = held[0]
+        batch.conn.execute(
+            "UPDATE deliveries SET state = 'pending', due_at = ?, updated_at = ? WHERE id = ?",
+            (batch.now, batch.now, step.id),
+        )
+        batch.move(step.warning_seq, "held", "pending")
+        batch.event(
+            step.warning_seq,
+            step.id,
+            "pending",
+            attempt=step.attempts,
+            reason=f"escalated: {why}",
+            detail={"after_delivery": row.id},
+            target_id=step.target_id,
+            channel=step.channel,
+            area_code=step.area_code,
+        )
+        batch.escalated += 1
+        return
+    if any(s.state not in _TERMINAL for s in siblings):
+        return  # another step is still under way
+    if row.audience == Audience.GRID_MEMBER.value or not batch.rules(row.warning_seq).visit:
+        return
+    if batch.warning(row.warning_seq).state != WarningState.ACTIVE.value:
+        return
+    _add_visit(batch, row)
+
+
+def _add_visit(batch: _Batch, row: _Row) -> None:
+    conn = batch.conn
+    seq = row.warning_seq
+    found = conn.execute(
+        "SELECT p.household_id, h.grid_id FROM persons p JOIN households h "
+        "ON h.id = p.household_id WHERE p.id = ?",
+        (row.target_id,),
+    ).fetchone()
+    if found is None:
+        return
+    household_id, grid_id = found
+    already = conn.execute(
+        "SELECT 1 FROM reached WHERE warning_seq = ? AND kind = 'household' AND target_id = ? "
+        "UNION ALL SELECT 1 FROM visit_households WHERE warning_seq = ? AND household_id = ?",
+        (seq, household_id, seq, household_id),
+    ).fetchone()
+    if already is not None:
+        return
+    task = conn.execute(
+        "SELECT vt.delivery_id FROM visit_tasks vt JOIN deliveries d ON d.id = vt.delivery_id "
+        "WHERE vt.warning_seq = ? AND vt.grid_id = ? AND d.state = 'pending' LIMIT 1",
+        (seq, grid_id),
+    ).fetchone()
+    if task is None:
+        member = conn.execute(
+            "SELECT gm.person_id, g.village_code FROM grid_members gm "
+            "JOIN persons p ON p.id = gm.person_id JOIN grids g ON g.id = gm.grid_id "
+            "WHERE gm.grid_id = ? AND p.phone IS NOT NULL ORDER BY gm.person_id LIMIT 1",
+            (grid_id,),
+        ).fetchone()
+        if member is None:
+            batch.event(
+                seq,
+                row.id,
+                row.state,
+                reason=f"no grid member with a phone in grid {grid_id} to visit "
+                f"household {household_id}",
+                target_id=row.target_id,
+                channel=row.channel,
+                area_code=row.area_code,
+            )
+            return
+        person_id, village_code = member
+        due = batch.now + batch.visit_delay
+        cursor = conn.execute(
+            "INSERT INTO deliveries (warning_seq, audience, target_id, channel, area_code, "
+            "priority, state, attempts, due_at, updated_at) "
+            "VALUES (?, 'visit', ?, 'sms', ?, ?, 'pending', 0, ?, ?)",
+            (seq, person_id, village_code, VISIT_PRIORITY, due, batch.now),
+        )
+        delivery_id = int(cursor.lastrowid or 0)
+        conn.execute(
+            "INSERT INTO delivery_ranges (warning_seq, first_id, last_id) VALUES (?, ?, ?)",
+            (seq, delivery_id, delivery_id),
+        )
+        conn.execute(
+            "INSERT INTO visit_tasks (delivery_id, warning_seq, grid_id) VALUES (?, ?, ?)",
+            (delivery_id, seq, grid_id),
+        )
+        conn.execute(
+            "INSERT INTO plan_counts (warning_id, area_code, audience, channel, count) "
+            "VALUES (?, ?, 'visit', 'sms', 1) ON CONFLICT (warning_id, area_code, audience, "
+            "channel) DO UPDATE SET count = count + 1",
+            (batch.warning(seq).id, village_code),
+        )
+        deltas = batch.state_deltas.setdefault(seq, {})
+        deltas["pending"] = deltas.get("pending", 0) + 1
+        batch.event(
+            seq,
+            delivery_id,
+            "pending",
+            reason=f"visit task for grid {grid_id}",
+            detail={"grid_id": grid_id},
+            target_id=person_id,
+            channel="sms",
+            area_code=village_code,
+        )
+        batch.visits += 1
+    else:
+        delivery_id = int(task[0])
+    conn.execute(
+        "INSERT INTO visit_households (warning_seq, household_id, grid_id, added_at, "
+        "delivery_id) VALUES (?, ?, ?, ?, ?)",
+        (seq, household_id, grid_id, batch.now, delivery_id),
+    )
+
+
+# -- acknowledgements ---------------------------------------------------------------------------
+def _apply_ack(batch: _Batch, ack: Ack, retry_delay: RetryDelay) -> AckOutcome:
+    if isinstance(ack, HouseholdConfirmation):
+        return _confirm_household(batch, ack)
+    return _apply_report(batch, ack, retry_delay)
+
+
+def _find_delivery(batch: _Batch, ack: AdapterAck) -> tuple[_Row | None, str]:
+    conn = batch.conn
+    report = ack.report
+    if report.delivery_id is not None:
+        found = conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE id = ?", (report.delivery_id,)
+        ).fetchone()
+        return (_row(found), "") if found else (None, f"no delivery {report.delivery_id}")
+    if report.reference:
+        ref = conn.execute(
+            "SELECT delivery_id FROM delivery_refs WHERE adapter = ? AND reference = ?",
+            (ack.adapter, report.reference),
+        ).fetchone()
+        if ref is None:
+            return None, f"no delivery with reference {report.reference!r} from {ack.adapter}"
+        found = conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE id = ?", (ref[0],)
+        ).fetchone()
+        return (_row(found), "") if found else (None, f"no delivery {ref[0]}")
+    if report.from_address:
+        persons = [
+            r[0]
+            for r in conn.execute("SELECT id FROM persons WHERE phone = ?", (report.from_address,))
+        ]
+        if not persons:
+            return None, "the sender is not in the directory"
+        marks = ",".join("?" * len(persons))
+        found = conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE target_id IN ({marks}) "
+            "AND state IN ('sending','sent','delivered','unacknowledged') "
+            "ORDER BY id DESC LIMIT 1",
+            persons,
+        ).fetchone()
+        if found is None:
+            return None, "no delivery to the sender is awaiting an acknowledgement"
+        return _row(found), ""
+    return None, "the report names no delivery, reference or sender"
+
+
+def _target_addresses(conn: sqlite3.Connection, row: _Row) -> set[str]:
+    if row.audience == Audience.DEVICE.value:
+        found = conn.execute(
+            "SELECT address FROM devices WHERE id = ?", (row.target_id,)
+        ).fetchone()
+        return {row.target_id} | ({found[0]} if found and found[0] else set())
+    found = conn.execute(
+        "SELECT phone, other_phones FROM persons WHERE id = ?", (row.target_id,)
+    ).fetchone()
+    if found is None:
+        return set()
+    return {p for p in [found[0], *str(found[1] or "").split(";")] if p}
+
+
+def _apply_report(batch: _Batch, ack: AdapterAck, retry_delay: RetryDelay) -> AckOutcome:
+    report = ack.report
+    row, why = _find_delivery(batch, ack)
+    if row is None:
+        return AckOutcome(AckResult.REJECTED, why)
+    warning = batch.warning(row.warning_seq)
+    if report.warning_id is not None and report.warning_id != warning.id:
+        return AckOutcome(
+            AckResult.REJECTED,
+            f"delivery {row.id} belongs to warning {warning.id}, not {report.warning_id}",
+            row.id,
+        )
+    if report.from_address is not None and report.from_address not in _target_addresses(
+        batch.conn, row
+    ):
+        return AckOutcome(
+            AckResult.REJECTED,
+            f"delivery {row.id} is for {row.target_id}, not for {report.from_address}",
+            row.id,
+        )
+    at = report.at if report.at is not None else ack.received_at
+    detail = dict(report.detail)
+
+    def log(state: str) -> None:
+        batch.event(
+            row.warning_seq,
+            row.id,
+            state,
+            attempt=row.attempts,
+            adapter=ack.adapter,
+            reason=report.reason,
+            detail=detail,
+            target_id=row.target_id,
+            channel=row.channel,
+            area_code=row.area_code,
+            at=at,
+        )
+
+    if report.state is ReportState.DELIVERED:
+        if row.state not in ("sending", "sent"):
+            return AckOutcome(AckResult.DUPLICATE, f"delivery is {row.state}", row.id)
+        batch.conn.execute(
+            "UPDATE deliveries SET state = 'delivered', updated_at = ? WHERE id = ?",
+            (batch.now, row.id),
+        )
+        batch.move(row.warning_seq, row.state, "delivered")
+        log("delivered")
+        return AckOutcome(AckResult.APPLIED, "", row.id)
+    if report.state is ReportState.FAILED:
+        if row.state not in ("sending", "sent", "delivered"):
+            return AckOutcome(AckResult.DUPLICATE, f"delivery is {row.state}", row.id)
+        rules = batch.rules(row.warning_seq)
+        if report.retryable and row.attempts < rules.max_attempts:
+            due = batch.now + retry_delay(row.attempts, None)
+            new = "retry_wait"
+        else:
+            due, new = batch.now, "failed"
+        batch.conn.execute(
+            "UPDATE deliveries SET state = ?, due_at = ?, updated_at = ? WHERE id = ?",
+            (new, due, batch.now, row.id),
+        )
+        batch.move(row.warning_seq, row.state, new)
+        log(new)
+        if new == "failed":
+            _escalate(batch, row, f"{row.channel} failed: {report.reason}")
+        return AckOutcome(AckResult.APPLIED, "", row.id)
+    # Acknowledged.
+    if row.state == DeliveryState.ACKNOWLEDGED.value:
+        return AckOutcome(AckResult.DUPLICATE, "already acknowledged", row.id)
+    in_time = at <= warning.expires
+    if not in_time:
+        detail["late"] = True
+    if row.state not in _STOPPED:
+        batch.conn.execute(
+            "UPDATE deliveries SET state = 'acknowledged', updated_at = ? WHERE id = ?",
+            (batch.now, row.id),
+        )
+        batch.move(row.warning_seq, row.state, "acknowledged")
+    log("acknowledged")
+    source = ack.adapter
+    if row.audience == Audience.DEVICE.value:
+        _reach_device_villages(batch, row, at, in_time, source)
+    else:
+        _reach_person(batch, row, at, in_time, source)
+    return AckOutcome(AckResult.APPLIED if in_time else AckResult.LATE, "", row.id)
+
+
+def _reach(
+    batch: _Batch,
+    seq: int,
+    kind: str,
+    target_id: str,
+    village_code: str,
+    at: float,
+    in_time: bool,
+    source: str,
+    delivery_id: int | None,
+) -> bool:
+    inserted = batch.conn.execute(
+        "INSERT OR IGNORE INTO reached (warning_seq, kind, target_id, village_code, at, "
+        "in_time, source, delivery_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (seq, kind, target_id, village_code, at, int(in_time), source, delivery_id),
+    ).rowcount
+    if inserted and in_time:
+        key = (seq, village_code, kind)
+        batch.coverage[key] = batch.coverage.get(key, 0) + 1
+    return bool(inserted)
+
+
+def _reach_device_villages(batch: _Batch, row: _Row, at: float, in_time: bool, source: str) -> None:
+    warning_id = batch.warning(row.warning_seq).id
+    villages = batch.conn.execute(
+        "SELECT DISTINCT c.descendant FROM device_areas da "
+        "JOIN area_closure c ON c.ancestor = da.area_code "
+        "JOIN areas a ON a.code = c.descendant AND a.level = 'village' "
+        "WHERE da.device_id = ? AND c.descendant IN (SELECT c2.descendant FROM area_closure c2 "
+        "WHERE c2.ancestor IN (SELECT area_code FROM warning_areas WHERE warning_id = ?))",
+        (row.target_id, warning_id),
+    ).fetchall()
+    for (village,) in villages:
+        _reach(batch, row.warning_seq, "village", village, village, at, in_time, source, row.id)
+
+
+def _reach_person(batch: _Batch, row: _Row, at: float, in_time: bool, source: str) -> None:
+    conn = batch.conn
+    seq = row.warning_seq
+    person = conn.execute(
+        "SELECT household_id, village_code FROM persons WHERE id = ?", (row.target_id,)
+    ).fetchone()
+    village = person[1] if person else row.area_code
+    _reach(batch, seq, "person", row.target_id, village, at, in_time, source, row.id)
+    grids = conn.execute(
+        "SELECT g.id, g.village_code FROM grid_members gm JOIN grids g ON g.id = gm.grid_id "
+        "WHERE gm.person_id = ?",
+        (row.target_id,),
+    ).fetchall()
+    if grids:
+        _reach(batch, seq, "grid_member", row.target_id, village, at, in_time, source, row.id)
+        for _grid_id, grid_village in grids:
+            _reach(batch, seq, "village", grid_village, grid_village, at, in_time, source, row.id)
+    _skip_steps(batch, seq, [row.target_id], None, f"{row.target_id} acknowledged by {row.channel}")
+    if person and person[0]:
+        household_id = person[0]
+        _reach(batch, seq, "household", household_id, village, at, in_time, source, row.id)
+        _skip_household_steps(batch, seq, household_id, f"household {household_id} reached")
+
+
+def _skip_steps(
+    batch: _Batch, seq: int, target_ids: Sequence[str], audience: str | None, why: str
+) -> None:
+    """Skip the not-yet-sent deliveries of these targets for this warning."""
+    for target_id in target_ids:
+        for values in batch.conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE target_id = ? AND warning_seq = ? "
+            f"AND state IN {_NOT_YET_SENT}",
+            (target_id, seq),
+        ).fetchall():
+            step = _row(values)
+            if audience is not None and step.audience != audience:
+                continue
+            batch.conn.execute(
+                "UPDATE deliveries SET state = 'skipped', updated_at = ? WHERE id = ?",
+                (batch.now, step.id),
+            )
+            batch.move(seq, step.state, "skipped")
+            batch.event(
+                seq,
+                step.id,
+                "skipped",
+                attempt=step.attempts,
+                reason=why,
+                target_id=step.target_id,
+                channel=step.channel,
+                area_code=step.area_code,
+            )
+
+
+def _skip_household_steps(batch: _Batch, seq: int, household_id: str, why: str) -> None:
+    members = [
+        r[0]
+        for r in batch.conn.execute(
+            "SELECT id FROM persons WHERE household_id = ?", (household_id,)
+        )
+    ]
+    _skip_steps(batch, seq, members, Audience.HOUSEHOLD.value, why)
+
+
+def _confirm_household(batch: _Batch, ack: HouseholdConfirmation) -> AckOutcome:
+    conn = batch.conn
+    found = conn.execute("SELECT seq FROM warnings WHERE id = ?", (ack.warning_id,)).fetchone()
+    if found is None:
+        return AckOutcome(AckResult.REJECTED, f"no warning {ack.warning_id}")
+    seq = int(found[0])
+    household = conn.execute(
+        "SELECT village_code FROM households WHERE id = ?", (ack.household_id,)
+    ).fetchone()
+    if household is None:
+        return AckOutcome(AckResult.REJECTED, f"no household {ack.household_id}")
+    member = conn.execute(
+        "SELECT 1 FROM grid_members gm JOIN households h ON h.grid_id = gm.grid_id "
+        "WHERE h.id = ? AND gm.person_id = ?",
+        (ack.household_id, ack.person_id),
+    ).fetchone()
+    if member is None:
+        return AckOutcome(
+            AckResult.REJECTED,
+            f"{ack.person_id} is not a grid member of household {ack.household_id}'s grid",
+        )
+    covered = conn.execute(
+        "SELECT 1 FROM area_closure c WHERE c.descendant = ? AND c.ancestor IN "
+        "(SELECT area_code FROM warning_areas WHERE warning_id = ?)",
+        (household[0], ack.warning_id),
+    ).fetchone()
+    if covered is None:
+        return AckOutcome(
+            AckResult.REJECTED, f"household {ack.household_id} is outside the warning's areas"
+        )
+    at = ack.received_at
+    in_time = at <= batch.warning(seq).expires
+    if not _reach(
+        batch, seq, "household", ack.household_id, household[0], at, in_time, ack.source, None
+    ):
+        return AckOutcome(AckResult.DUPLICATE, "household already reached")
+    batch.event(
+        seq,
+        None,
+        "household_reached",
+        reason=f"visited by grid member {ack.person_id}",
+        detail={"household_id": ack.household_id, "late": not in_time},
+        target_id=ack.household_id,
+        area_code=household[0],
+        adapter=ack.source,
+    )
+    _skip_household_steps(batch, seq, ack.household_id, f"household {ack.household_id} visited")
+    return AckOutcome(AckResult.APPLIED if in_time else AckResult.LATE)
+
+
+# -- timers -------------------------------------------------------------------------------------
+def _sweep(
+    conn: sqlite3.Connection,
+    now: float,
+    levels: Mapping[str, LevelRules],
+    visit_delay: float,
+    limit: int,
+) -> SweepResult:
+    expired = []
+    for warning_id, expires in conn.execute(
+        "SELECT id, expires FROM warnings WHERE state = 'active'"
+    ).fetchall():
+        if datetime.fromisoformat(expires).timestamp() <= now and stop_warning(
+            conn, warning_id, WarningState.EXPIRED, None, now
+        ):
+            expired.append(warning_id)
+    batch = _Batch(conn, now, levels, visit_delay)
+    rows = [
+        _row(r)
+        for r in conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM deliveries "
+            "WHERE state IN ('sending','sent','delivered') AND due_at <= ? ORDER BY due_at "
+            "LIMIT ?",
+            (now, limit),
+        )
+    ]
+    leases = [r for r in rows if r.state == DeliveryState.SENDING.value]
+    _reclaim(batch, leases, "the send did not finish in time")
+    unacked = 0
+    resends = 0
+    for r in rows:
+        if r.state == DeliveryState.SENDING.value:
+            continue
+        rules = batch.rules(r.warning_seq)
+        if r.audience == Audience.DEVICE.value and r.attempts < rules.max_attempts:
+            new, reason = "pending", "no played report in time; sending again"
+            resends += 1
+        else:
+            new, reason = "unacknowledged", "no acknowledgement in time"
+            unacked += 1
+        conn.execute(
+            "UPDATE deliveries SET state = ?, due_at = ?, updated_at = ? WHERE id = ?",
+            (new, now, now, r.id),
+        )
+        batch.move(r.warning_seq, r.state, new)
+        batch.event(
+            r.warning_seq,
+            r.id,
+            new,
+            attempt=r.attempts,
+            reason=reason,
+            target_id=r.target_id,
+            channel=r.channel,
+            area_code=r.area_code,
+        )
+        if new == "unacknowledged":
+            _escalate(batch, r, f"{r.channel} not acknowledged in time")
+    batch.flush()
+    completed = []
+    open_states = ",".join(f"'{s.value}'" for s in DeliveryState if s.value not in _TERMINAL)
+    for seq, warning_id in conn.execute(
+        "SELECT seq, id FROM warnings WHERE completed_at IS NULL AND planned_at IS NOT NULL"
+    ).fetchall():
+        (open_count,) = conn.execute(
+            "SELECT coalesce(sum(n), 0) FROM delivery_state_counts "
+            f"WHERE warning_seq = ? AND state IN ({open_states})",
+            (seq,),
+        ).fetchone()
+        if open_count == 0:
+            conn.execute("UPDATE warnings SET completed_at = ? WHERE seq = ?", (_iso(now), seq))
+            log_warning_event(conn, warning_id, "completed", now, {})
+            completed.append(warning_id)
+    return SweepResult(
+        leases_reclaimed=len(leases),
+        unacknowledged=unacked,
+        device_resends=resends,
+        escalated=batch.escalated,
+        visits_created=batch.visits,
+        warnings_expired=tuple(expired),
+        warnings_completed=tuple(completed),
+    )
+
+
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
