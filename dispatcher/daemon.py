@@ -99,6 +99,7 @@ async def serve(
                 max_body_bytes=config.settings.server.max_body_bytes,
                 ready=lambda: planner.running and engine.running,
                 registry=registry,
+                confirm_household=engine.intake.submit_and_wait,
             )
         )
         runner = web.AppRunner(

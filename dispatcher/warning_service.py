@@ -47,6 +47,8 @@ class Principal:
 
     name: str
     role: ApiRole
+    #: The directory person behind a grid_member token.
+    person_id: str | None = None
 
 
 class WarningRejected(Exception):

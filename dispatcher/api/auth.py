@@ -80,7 +80,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if matched is None:
         metrics.auth_failures.labels(reason="invalid").inc()
         raise _invalid_token()
-    principal = Principal(matched.name, matched.role)
+    principal = Principal(matched.name, matched.role, matched.person_id)
     with structlog.contextvars.bound_contextvars(principal=principal.name):
         if principal.role not in endpoint.roles:
             metrics.auth_failures.labels(reason="forbidden").inc()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from dispatcher.config import ApiToken
+from dispatcher.engine.types import AckOutcome, HouseholdConfirmation
 from dispatcher.store.base import Store
 from dispatcher.warning_service import Principal, WarningService
 
@@ -25,6 +26,9 @@ class ApiDeps:
     ready: Callable[[], bool]
     #: Where the API's metrics are registered and what /metrics exposes.
     registry: CollectorRegistry
+    #: The engine's acknowledgement intake, for confirmations posted over HTTP (None: no
+    #: engine runs, e.g. in API-only tests; the endpoint answers 503).
+    confirm_household: Callable[[HouseholdConfirmation], Awaitable[AckOutcome]] | None = None
 
 
 DEPS_KEY = web.AppKey("tocsin_api_deps", ApiDeps)
