@@ -190,11 +190,14 @@ class Adapter(Protocol):
 
 
 class AdapterFactory(Protocol):
-    kind: ClassVar[str]
-    channels: ClassVar[frozenset[Channel]]
-    settings_model: ClassVar[type[BaseModel]]
-    max_batch: ClassVar[int]
-    description: ClassVar[str]
+    """An adapter class as a value (what the entry point names). Plain attributes, not
+    ClassVar: a class object satisfies a protocol only through them."""
+
+    kind: str
+    channels: frozenset[Channel]
+    settings_model: type[BaseModel]
+    max_batch: int
+    description: str
 
     def __call__(self, *, name: str, settings: Any) -> Adapter: ...
 

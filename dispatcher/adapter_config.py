@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from dispatcher.adapter import Adapter, AdapterFactory, adapter_kinds
-from dispatcher.config import AdapterInstanceConfig
+from dispatcher.config import AdapterInstanceConfig, format_loc
 from dispatcher.domain import Channel
 from dispatcher.secrets import SecretError, resolve_secret
 
@@ -91,11 +91,12 @@ def build_adapter_specs(
             settings = factory.settings_model.model_validate(raw)
         except ValidationError as exc:
             for item in exc.errors(include_url=False, include_input=False):
-                loc = ".".join(str(p) for p in item["loc"])
+                loc = format_loc(tuple(item["loc"]))
                 msg = item["msg"].removeprefix("Value error, ")
                 if item["type"] == "extra_forbidden":
                     msg = f"unknown setting for kind {instance.kind}"
-                problems.append(f"{where}.settings.{loc}: {msg}")
+                suffix = "" if loc == "(top level)" else ("" if loc.startswith("[") else ".") + loc
+                problems.append(f"{where}.settings{suffix}: {msg}")
             continue
         specs.append(AdapterSpec(name, factory, instance, settings, channels))
     return tuple(specs), problems

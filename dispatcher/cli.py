@@ -53,7 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     token_sub = token.add_subparsers(metavar="ACTION")
     token_new = token_sub.add_parser("new", help="create a token; prints it once and its hash")
     token_new.add_argument("name")
-    token_new.add_argument("role", choices=["duty_officer", "operator", "installer", "admin"])
+    token_new.add_argument(
+        "role", choices=["duty_officer", "operator", "installer", "admin", "grid_member"]
+    )
+    token_new.add_argument(
+        "--person", help="for role grid_member: the directory person id the token belongs to"
+    )
     token_new.set_defaults(handler=_cmd_token_new)
 
     directory = sub.add_parser("directory", help="import or export the directory CSV files")
@@ -143,16 +148,28 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         f"  {len(config.tokens)} API token(s): "
         + ", ".join(f"{t.name} ({t.role.value})" for t in config.tokens)
     )
+    for spec in config.adapters:
+        channels = ", ".join(sorted(c.value for c in spec.channels))
+        rate = spec.config.rate_per_second
+        print(
+            f"  adapter {spec.name}: kind {spec.factory.kind}, channels {channels}, "
+            f"rate {'unlimited' if rate is None else f'{rate:g}/s'}"
+        )
     return 0
 
 
 def _cmd_token_new(args: argparse.Namespace) -> int:
+    if (args.role == "grid_member") != (args.person is not None):
+        print("--person is required for role grid_member, and only for it", file=sys.stderr)
+        return 2
     token = secrets.token_urlsafe(32)
     print(f"token (shown once, give it to {args.name}): {token}", file=sys.stderr)
     print("[[api.tokens]]")
     print(f'name = "{args.name}"')
     print(f'role = "{args.role}"')
     print(f'sha256 = "{hash_token(token)}"')
+    if args.person is not None:
+        print(f"person_id = {json.dumps(args.person, ensure_ascii=False)}")
     return 0
 
 

@@ -217,7 +217,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def _format_loc(loc: tuple[int | str, ...]) -> str:
+def format_loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -234,7 +234,7 @@ def _validation_problems(path: Path, error: ValidationError) -> list[str]:
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling against the production template)"
-        problems.append(f"{path}: {_format_loc(loc)}: {msg}")
+        problems.append(f"{path}: {format_loc(loc)}: {msg}")
     return problems
 
 
@@ -312,6 +312,12 @@ def load_config(path: str | Path) -> LoadedConfig:
 
     adapters, adapter_problems = build_adapter_specs(config_path, settings.adapters, base)
     problems.extend(adapter_problems)
+    for name, instance in settings.adapters.items():
+        if instance.send_timeout >= settings.engine.lease:
+            problems.append(
+                f"{config_path}: adapters.{name}.send_timeout: must be shorter than engine.lease "
+                f"({settings.engine.lease:g}s), or a slow send would be claimed twice"
+            )
 
     if problems or policy is None:
         raise ConfigError(problems)

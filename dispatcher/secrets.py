@@ -29,8 +29,9 @@ SCHEMES = ("env", "file", "credential")
 def resolve_secret(reference: str, *, base_dir: Path | None = None) -> SecretStr:
     scheme, sep, name = reference.partition(":")
     if not sep or scheme not in SCHEMES or not name:
+        # Never echo the value: it may be a secret pasted in by mistake.
         raise SecretError(
-            f"{reference!r} is not a secret reference; write env:NAME, file:PATH or "
+            "the value is not a secret reference; write env:NAME, file:PATH or "
             "credential:NAME (secrets are never written into config files)"
         )
     if scheme == "env":

@@ -213,6 +213,11 @@ def _option_paths(model: type[BaseModel], prefix: str = "") -> list[tuple[str, s
         nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
         if name == "tokens":  # an array of tables, checked key by key below
             continue
+        if name == "settings" and prefix.startswith("adapters."):
+            continue  # kind-specific, documented by each adapter kind
+        if name == "adapters":  # named instances: the template shows one
+            found += _option_paths(nested[-1], f"{prefix}{name}.rehearsal_sms.")
+            continue
         if nested:
             found += _option_paths(nested[0], f"{prefix}{name}.")
         else:
