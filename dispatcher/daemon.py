@@ -4,10 +4,12 @@ HTTP API, and run until SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import signal
 import threading
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -21,6 +23,10 @@ from dispatcher.store.sqlite import SqliteStore
 from dispatcher.warning_service import WarningService
 
 log = structlog.get_logger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start; the message says why and what to do."""
 
 
 async def ensure_directory(config: LoadedConfig, store: SqliteStore) -> None:
@@ -37,7 +43,7 @@ async def ensure_directory(config: LoadedConfig, store: SqliteStore) -> None:
             import_directory, store.path, config.csv_dir, progress=False
         )
         if not report.ok:
-            raise RuntimeError(f"directory import from {config.csv_dir} failed:\n{report}")
+            raise StartupError(f"directory import from {config.csv_dir} failed:\n{report}")
     elif config.settings.directory.synthetic is not None:
         from dispatcher.synthetic import load_synthetic
 
@@ -69,6 +75,7 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
 
     async with AsyncExitStack() as stack:
+        stack.enter_context(_only_daemon_on(config.store_path))
         store = await SqliteStore.open(config.store_path)
         stack.push_async_callback(store.close)
         log.info("store open", path=str(config.store_path))
@@ -120,6 +127,25 @@ async def serve(
         await stop.wait()
         log.info("stopping")
     log.info("stopped")
+
+
+@contextmanager
+def _only_daemon_on(store_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside the database: the engine takes back every leased delivery
+    at start, which is only right when no other daemon is sending from the same store."""
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = store_path.with_name(store_path.name + ".lock")
+    with lock_path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StartupError(
+                f"another tocsin daemon is running on {store_path} (lock {lock_path})"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _bound_port(runner: web.AppRunner, configured: int) -> int:

@@ -80,11 +80,24 @@ class AdapterHost:
             return self.start_failures > 0
         return self.breaker.state is BreakerState.OPEN
 
+    @property
+    def min_batch(self) -> int:
+        """A rate-limited instance gets batches of about 0.1 s of its rate, not a trickle of
+        one-delivery batches (each batch costs a claim and a record transaction)."""
+        rate = self.spec.config.rate_per_second
+        if rate is None:
+            return 1
+        return max(1, min(self.spec.batch_size, int(rate * 0.1), int(self.bucket.burst)))
+
     def capacity(self) -> int:
         """How many deliveries may be handed to this instance now."""
         if not self._ready or self.in_flight >= self.max_in_flight or not self.breaker.allow():
             return 0
-        return self.bucket.available(self.spec.batch_size)
+        available = self.bucket.available(self.spec.batch_size)
+        return available if available >= self.min_batch else 0
+
+    def seconds_until_capacity(self) -> float:
+        return self.bucket.seconds_until(self.min_batch)
 
     def start(self) -> None:
         self._task = asyncio.create_task(

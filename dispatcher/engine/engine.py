@@ -197,8 +197,10 @@ class Engine:
         if total == 0:
             if hosts and not all(h.paused for h in hosts):
                 # Busy, rate-limited or starting: wait for a token or a finished batch.
-                waits = [h.bucket.seconds_until(1) for h in hosts if h.ready]
-                return min([0.05, *[w for w in waits if w > 0]]) if waits else 0.2
+                waits = [h.seconds_until_capacity() for h in hosts if h.ready]
+                positive = [w for w in waits if w > 0]
+                # Rate-limited: until the tokens are there. Busy: a finished batch wakes us.
+                return min(positive) if positive else 0.2
             return await self._fall_over(channel, hosts, now)
         claimed = await self._store.claim_due(
             channel, total, now=now, lease=self._config.lease, priorities=PRIORITIES
@@ -322,6 +324,8 @@ class Engine:
                     )
                 )
         await self._record(transitions, {c.id: c.address for c in sent if c.address})
+        for channel in host.spec.channels:  # room for another batch
+            self._wake[channel.value].set()
 
     async def _record(
         self, transitions: list[Transition], addresses: dict[int, str] | None = None
