@@ -95,15 +95,39 @@ class PolicyRule(BaseModel):
                 )
             if self.device_kinds:
                 raise ValueError("device_kinds belongs only in a devices rule")
+            if len(set(self.channels)) != len(self.channels):
+                raise ValueError(
+                    "channels is a ladder (first, then the next if not acknowledged): "
+                    "name each channel once"
+                )
         return self
 
 
 class LevelPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: How long a person has to acknowledge one step of their ladder before the next step.
     ack_timeout: Seconds = 600.0
+    #: How long a loudspeaker or transmitter has to report played (None: the engine's
+    #: ``device_ack_timeout``).
+    device_ack_timeout: Annotated[Seconds, Field(gt=0)] | None = None
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    #: After the last step of a person's ladder goes unacknowledged, task their grid member
+    #: to visit the household.
+    visit: bool = False
     rules: tuple[PolicyRule, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_rule_per_audience(self) -> Self:
+        seen: set[AudienceSelector] = set()
+        for rule in self.rules:
+            if rule.audience in seen:
+                raise ValueError(
+                    f"audience {rule.audience.value} has two rules: give it one rule whose "
+                    "channels list its ladder in order"
+                )
+            seen.add(rule.audience)
+        return self
 
 
 class Policy(BaseModel):

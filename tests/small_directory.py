@@ -129,3 +129,68 @@ def make_warning(
         area_codes=areas,
         expires=now + expires_in,
     )
+
+
+def add_person(
+    db: Path,
+    person_id: str,
+    *,
+    village: str,
+    household: str | None = None,
+    phone: str | None = "auto",
+    roles: int = 0,
+    vulnerable: bool = False,
+    lives_alone: bool = False,
+) -> None:
+    """Add one person to the small directory (``phone="auto"``: a number from the id)."""
+    import zlib
+
+    auto = f"+86139{zlib.crc32(person_id.encode()) % 10**8:08d}"
+    number = auto if phone == "auto" else phone
+    conn = connect(db)
+    try:
+        conn.execute(
+            "INSERT INTO persons (id, name, phone, household_id, village_code, roles, "
+            "vulnerable, lives_alone) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                person_id,
+                f"人{person_id}",
+                number,
+                household,
+                village,
+                roles,
+                int(vulnerable),
+                int(lives_alone),
+            ),
+        )
+    finally:
+        conn.close()
+
+
+def delivery_rows(db: Path, warning_id: str) -> list[tuple[str, str, str, int, str]]:
+    """The warning's deliveries as (target, channel, audience, priority, state), sorted; a
+    list, so a duplicate shows."""
+    conn = connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT target_id, channel, audience, priority, state FROM deliveries "
+            "WHERE warning_seq = (SELECT seq FROM warnings WHERE id = ?)",
+            (warning_id,),
+        ).fetchall()
+    finally:
+        conn.close()
+    return sorted((r[0], r[1], r[2], int(r[3]), r[4]) for r in rows)
+
+
+def coverage_targets(db: Path, warning_id: str) -> dict[str, tuple[int, int, int]]:
+    """village → (grid members, households, persons) as the plan recorded them."""
+    conn = connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT village_code, grid_members, households, persons FROM coverage_targets "
+            "WHERE warning_seq = (SELECT seq FROM warnings WHERE id = ?)",
+            (warning_id,),
+        ).fetchall()
+    finally:
+        conn.close()
+    return {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in rows}

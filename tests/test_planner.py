@@ -1,19 +1,32 @@
-"""The planner against a small hand-made directory whose every expected delivery is known."""
+"""The planner against a small hand-made directory whose every expected delivery is known:
+the ladder (first step pending, later steps held), the staged plan (devices first, people tier
+by tier in chunks of villages, each stage its own transaction), resuming after a crash, a
+Cancel between stages, and the counts every stage keeps."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from small_directory import (
+    CADRE,
     CITY,
     COUNTY_A,
     COUNTY_B,
+    GM,
     TOWN_A1,
     VILLAGE_A1a,
+    VILLAGE_A1b,
     VILLAGE_B1a,
+    add_person,
+    coverage_targets,
+    delivery_rows,
     fill_small_directory,
     make_warning,
 )
@@ -21,19 +34,23 @@ from small_directory import (
 from dispatcher.config import load_policy
 from dispatcher.domain import Level, MsgType, WarningRecord
 from dispatcher.plan_view import build_plan_view
-from dispatcher.planner import plan_statements
+from dispatcher.planner import device_stage, plan_stages, plan_statements
+from dispatcher.planning_worker import PlanningWorker
 from dispatcher.policy import Policy
+from dispatcher.store.base import PlanResult, PlanStage, VillageRange
 from dispatcher.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Every village: (code, persons), as the worker reads them to size chunks.
+VILLAGES = [(VILLAGE_A1a, 4), (VILLAGE_A1b, 2), (VILLAGE_B1a, 2)]
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> SqliteStore:
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     db = tmp_path / "t.db"
     opened = await SqliteStore.open(db)
     fill_small_directory(db)
-    yield opened  # type: ignore[misc]
+    yield opened
     await opened.close()
 
 
@@ -48,63 +65,162 @@ def _warning(
     return make_warning(areas, level=level, msg_type=msg_type)
 
 
-async def _plan(store: SqliteStore, policy: Policy, warning: WarningRecord) -> int:
-    await store.create_warning(warning, idempotency=None, now=time.time())
-    result = await store.execute_plan(
-        warning.id, plan_statements(warning, policy, now=time.time()), now=time.time()
+def _policy_file(tmp_path: Path, rules: str) -> Policy:
+    """The same rules at every level."""
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        "".join(
+            f"[levels.{lv}]\n" + rules.replace("LEVEL", lv)
+            for lv in ("red", "orange", "yellow", "blue")
+        )
     )
+    return load_policy(path)
+
+
+async def _plan(
+    store: SqliteStore,
+    policy: Policy,
+    warning: WarningRecord,
+    *,
+    chunk_persons: int | None = None,
+    registry: CollectorRegistry | None = None,
+) -> PlanResult:
+    """Store the warning and plan it through the worker, stage by stage."""
+    await store.create_warning(warning, idempotency=None, now=time.time())
+    worker = PlanningWorker(store, lambda: policy, chunk_persons=chunk_persons, registry=registry)
+    result = await worker.plan_now(warning.id)
+    assert result.planned
+    assert result.deliveries == result.total_deliveries
+    return result
+
+
+async def _plan_in_one_go(store: SqliteStore, policy: Policy, warning: WarningRecord) -> int:
+    """The same deliveries as one statement per kind and channel, in one stage."""
+    await store.create_warning(warning, idempotency=None, now=time.time())
+    stage = PlanStage(
+        1,
+        tuple(plan_statements(warning, policy, now=time.time())),
+        coverage=VillageRange(),
+        last=True,
+    )
+    result = await store.execute_plan(warning.id, stage, now=time.time())
     assert result.planned
     return result.deliveries
 
 
-def _rows(store: SqliteStore, warning_id: str) -> set[tuple[str, str, str, int]]:
+def _rows(store: SqliteStore, warning_id: str) -> set[tuple[str, str, str, int, str]]:
+    rows = delivery_rows(store.path, warning_id)
+    assert len(rows) == len(set(rows))
+    return set(rows)
+
+
+def _people(store: SqliteStore, warning_id: str) -> set[tuple[str, str, str, int, str]]:
+    return {r for r in _rows(store, warning_id) if r[2] != "device"}
+
+
+def _sql(store: SqliteStore, query: str, *params: object) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(store.path)
     try:
-        return {
-            (r[0], r[1], r[2], r[3])
-            for r in conn.execute(
-                "SELECT target_id, channel, audience, priority FROM deliveries "
-                "WHERE warning_seq = (SELECT seq FROM warnings WHERE id = ?)",
-                (warning_id,),
-            )
-        }
+        return conn.execute(query, params).fetchall()
     finally:
         conn.close()
 
 
+# -- who gets what, and which step first ---------------------------------------------------------
 async def test_red_village_warning_reaches_exactly_the_expected_targets(
     store: SqliteStore, policy: Policy
 ) -> None:
     warning = _warning((VILLAGE_A1a,))
-    count = await _plan(store, policy, warning)
+    result = await _plan(store, policy, warning)
     expected = {
         # devices serving the village, or an area above it
-        ("spk-a1a", "speaker", "device", 0),
-        ("tx-a1", "transmitter", "device", 1),
-        ("tx-a", "transmitter", "device", 1),
-        ("mdm-a1", "modem", "device", 5),
-        # p01 is a grid member and vulnerable: once per channel, as a grid member
-        ("p01", "sms", "grid_member", 10),
-        ("p01", "voice", "grid_member", 10),
-        ("p02", "sms", "person", 40),
-        ("p04", "sms", "person", 20),
-        ("p04", "voice", "person", 20),
+        ("spk-a1a", "speaker", "device", 0, "pending"),
+        ("tx-a1", "transmitter", "device", 1, "pending"),
+        ("tx-a", "transmitter", "device", 1, "pending"),
+        ("mdm-a1", "modem", "device", 5, "pending"),
+        # p01 is a grid member and vulnerable: once per channel, as a grid member; the grid
+        # member rule's ladder is sms, then voice
+        ("p01", "sms", "grid_member", 10, "pending"),
+        ("p01", "voice", "grid_member", 10, "held"),
+        ("p02", "sms", "person", 40, "pending"),
+        # p04 is vulnerable and lives alone: the vulnerable rule (sms, voice) comes first in
+        # AudienceSelector order at the same priority
+        ("p04", "sms", "person", 20, "pending"),
+        ("p04", "voice", "person", 20, "held"),
     }
     assert _rows(store, warning.id) == expected
-    assert count == len(expected)
+    assert result.deliveries == len(expected)
+
+
+async def test_lives_alone_person_is_called_first_and_texted_if_unanswered(
+    store: SqliteStore, policy: Policy
+) -> None:
+    # red: lives_alone → voice (priority 20); everyone → sms (priority 40)
+    add_person(store.path, "p09", village=VILLAGE_A1b, household="h3", lives_alone=True)
+    warning = _warning((VILLAGE_A1b,))
+    await _plan(store, policy, warning)
+    people = _people(store, warning.id)
+    assert ("p09", "voice", "person", 20, "pending") in people
+    assert ("p09", "sms", "person", 40, "held") in people
+    # the village cadre (sms, voice at red) and the grid member (sms, voice)
+    assert ("p05", "sms", "person", 15, "pending") in people
+    assert ("p05", "voice", "person", 15, "held") in people
+    assert ("p06", "sms", "grid_member", 10, "pending") in people
+    assert ("p06", "voice", "grid_member", 10, "held") in people
+
+
+async def test_orange_calls_vulnerable_people_first_and_texts_them_after(
+    store: SqliteStore, policy: Policy
+) -> None:
+    add_person(store.path, "p10", village=VILLAGE_A1b, household="h3", roles=CADRE, vulnerable=True)
+    warning = _warning((COUNTY_A,), level=Level.ORANGE)
+    await _plan(store, policy, warning)
+    people = _people(store, warning.id)
+    # p04, vulnerable: orange calls them (voice, 20), the everyone SMS waits
+    assert {r for r in people if r[0] == "p04"} == {
+        ("p04", "voice", "person", 20, "pending"),
+        ("p04", "sms", "person", 40, "held"),
+    }
+    # p01, grid member and vulnerable: the grid-member ladder, sms then voice
+    assert {r for r in people if r[0] == "p01"} == {
+        ("p01", "sms", "grid_member", 10, "pending"),
+        ("p01", "voice", "grid_member", 10, "held"),
+    }
+    # p10, cadre (sms only at orange) and vulnerable (voice): the cadre's sms first
+    assert {r for r in people if r[0] == "p10"} == {
+        ("p10", "sms", "person", 15, "pending"),
+        ("p10", "voice", "person", 20, "held"),
+    }
+    # p02: only everyone's sms, nothing held
+    assert {r for r in people if r[0] == "p02"} == {("p02", "sms", "person", 40, "pending")}
+
+
+async def test_a_ladder_can_start_with_a_call(store: SqliteStore, tmp_path: Path) -> None:
+    policy = _policy_file(
+        tmp_path,
+        '[[levels.LEVEL.rules]]\naudience = "grid_members"\nchannels = ["voice", "sms"]\n'
+        '[[levels.LEVEL.rules]]\naudience = "everyone"\nchannels = ["sms"]\n',
+    )
+    warning = _warning((COUNTY_B,))
+    await _plan(store, policy, warning)
+    assert _people(store, warning.id) == {
+        ("p07", "voice", "grid_member", 10, "pending"),
+        ("p07", "sms", "grid_member", 10, "held"),
+        ("p08", "sms", "person", 40, "pending"),
+    }
 
 
 async def test_overlapping_targets_plan_each_target_once(
     store: SqliteStore, policy: Policy
 ) -> None:
     warning = _warning((COUNTY_A, VILLAGE_A1a, TOWN_A1))
-    await _plan(store, policy, warning)
+    await _plan(store, policy, warning, chunk_persons=1)
     rows = _rows(store, warning.id)
     keys = [(r[0], r[1]) for r in rows]
     assert len(keys) == len(set(keys))
     people = {r[0] for r in rows if r[2] != "device"}
     assert people == {"p01", "p02", "p04", "p05", "p06"}  # not p03 (no phone), not county B
-    assert ("p05", "voice", "person", 15) in rows  # village cadre: sms and voice at red
+    assert ("p05", "voice", "person", 15, "held") in rows  # village cadre: sms, then voice
     assert {r[0] for r in rows if r[2] == "device"} == {
         "spk-a1a",
         "spk-a1b",
@@ -118,36 +234,179 @@ async def test_blue_warning_texts_grid_members_only(store: SqliteStore, policy: 
     warning = _warning((CITY,), level=Level.BLUE)
     await _plan(store, policy, warning)
     assert _rows(store, warning.id) == {
-        ("p01", "sms", "grid_member", 10),
-        ("p06", "sms", "grid_member", 10),
-        ("p07", "sms", "grid_member", 10),
+        ("p01", "sms", "grid_member", 10, "pending"),
+        ("p06", "sms", "grid_member", 10, "pending"),
+        ("p07", "sms", "grid_member", 10, "pending"),
     }
 
 
 async def test_cancel_is_planned_to_devices_only(store: SqliteStore, policy: Policy) -> None:
     warning = _warning((VILLAGE_B1a,), msg_type=MsgType.CANCEL)
     await _plan(store, policy, warning)
-    assert {(r[0], r[2]) for r in _rows(store, warning.id)} == {("spk-b1a", "device")}
+    assert _rows(store, warning.id) == {("spk-b1a", "speaker", "device", 0, "pending")}
+    # its coverage targets are written too, in a stage of their own after the devices
+    assert coverage_targets(store.path, warning.id) == {VILLAGE_B1a: (1, 1, 2)}
 
 
 async def test_households_rule_picks_one_member_with_a_phone(
     store: SqliteStore, tmp_path: Path
 ) -> None:
-    policy_file = tmp_path / "policy.toml"
-    rules = '[[levels.{0}.rules]]\naudience = "households"\nchannels = ["sms"]\n'
-    policy_file.write_text(
-        "".join(f"[levels.{lv}]\n" + rules.format(lv) for lv in ("red", "orange", "yellow", "blue"))
+    policy = _policy_file(
+        tmp_path, '[[levels.LEVEL.rules]]\naudience = "households"\nchannels = ["sms"]\n'
     )
     warning = _warning((COUNTY_A,))
-    await _plan(store, load_policy(policy_file), warning)
+    await _plan(store, policy, warning, chunk_persons=1)
     # h1 → p01 (p01 < p02; p03 has no phone), h2 → p04, h3 → p05
     assert {r[0] for r in _rows(store, warning.id)} == {"p01", "p04", "p05"}
     assert {r[2] for r in _rows(store, warning.id)} == {"household"}
 
 
+# -- stages ---------------------------------------------------------------------------------------
+def test_stage_list_devices_first_then_people_tier_by_tier(policy: Policy) -> None:
+    red = _warning((CITY,))
+    stages = plan_stages(red, policy, now=0.0, villages=VILLAGES, chunk_persons=4)
+    labels = [s.label for s in stages]
+    assert labels == [
+        "devices",
+        "people tier 1, chunk 1/2",
+        "people tier 1, chunk 2/2",
+        "people tier 2, chunk 1/2",
+        "people tier 2, chunk 2/2",
+        "people tier 3, chunk 1/2",
+        "people tier 3, chunk 2/2",
+    ]
+    assert [s.number for s in stages] == list(range(1, 8))
+    assert [s.last for s in stages] == [False] * 6 + [True]
+    # chunks cover every village code between them; coverage goes with the first tier
+    assert [s.coverage for s in stages] == [
+        None,
+        VillageRange(None, VILLAGE_A1a),
+        VillageRange(VILLAGE_A1a, None),
+        None,
+        None,
+        None,
+        None,
+    ]
+    assert stages[0] == device_stage(red, policy, now=0.0)
+    # deterministic for the same warning, policy and villages
+    assert plan_stages(red, policy, now=0.0, villages=VILLAGES, chunk_persons=4) == stages
+    # the default chunks hold the whole small city at once
+    assert len(plan_stages(red, policy, now=0.0, villages=VILLAGES)) == 4
+    # without counts (or villages) the chunks still cover everything
+    assert [s.coverage for s in plan_stages(red, policy, now=0.0, villages=[])][1] == (
+        VillageRange(None, None)
+    )
+    blue = plan_stages(_warning((CITY,), level=Level.BLUE), policy, now=0.0, villages=VILLAGES)
+    assert [(s.label, s.last) for s in blue] == [("people tier 1, chunk 1/1", True)]
+    cancel = plan_stages(
+        _warning((CITY,), msg_type=MsgType.CANCEL), policy, now=0.0, villages=VILLAGES
+    )
+    assert [(s.label, s.last) for s in cancel] == [
+        ("devices", False),
+        ("coverage targets, chunk 1/1", True),
+    ]
+
+
+@pytest.mark.parametrize("level", list(Level))
+@pytest.mark.parametrize("chunk_persons", [None, 1, 3])
+async def test_staged_plan_equals_the_plan_in_one_go(
+    store: SqliteStore, policy: Policy, level: Level, chunk_persons: int | None
+) -> None:
+    add_person(store.path, "p09", village=VILLAGE_A1b, household="h3", lives_alone=True)
+    add_person(store.path, "p10", village=VILLAGE_B1a, household="h4", roles=GM | CADRE)
+    staged = _warning((CITY,), level=level)
+    result = await _plan(store, policy, staged, chunk_persons=chunk_persons)
+    one_go = _warning((CITY,), level=level)
+    count = await _plan_in_one_go(store, policy, one_go)
+    assert delivery_rows(store.path, staged.id) == delivery_rows(store.path, one_go.id)
+    assert result.deliveries == count
+    assert await store.delivery_state_counts(staged.id) == await store.delivery_state_counts(
+        one_go.id
+    )
+    plan_counts = {
+        (c.area_code, c.audience, c.channel): c.count for c in await store.plan_counts(staged.id)
+    }
+    assert plan_counts == {
+        (c.area_code, c.audience, c.channel): c.count for c in await store.plan_counts(one_go.id)
+    }
+    assert coverage_targets(store.path, staged.id) == coverage_targets(store.path, one_go.id)
+    # one rowid range per stage that wrote rows, each holding only this warning's rows
+    ranges = _sql(
+        store,
+        "SELECT first_id, last_id FROM delivery_ranges WHERE warning_seq = "
+        "(SELECT seq FROM warnings WHERE id = ?)",
+        staged.id,
+    )
+    assert sum(int(last) - int(first) + 1 for first, last in ranges) == count
+    if chunk_persons == 1 and level is Level.RED:
+        assert len(ranges) > 4
+
+
+async def test_each_stage_is_recorded_and_the_last_one_plans_the_warning(
+    store: SqliteStore, policy: Policy
+) -> None:
+    warning = _warning((CITY,))
+    committed: list[PlanResult] = []
+
+    async def on_stage(result: PlanResult) -> None:
+        committed.append(result)
+        row = _sql(store, "SELECT plan_stage, planned_at FROM warnings WHERE id = ?", warning.id)
+        assert row[0][0] == result.stage
+        assert (row[0][1] is not None) == result.planned
+        assert sum(c.count for c in await store.plan_counts(warning.id)) == sum(
+            r.deliveries for r in committed
+        )
+
+    await store.create_warning(warning, idempotency=None, now=time.time())
+    worker = PlanningWorker(store, lambda: policy, chunk_persons=2)
+    result = await worker.plan_now(warning.id, on_stage=on_stage)
+    assert [r.stage for r in committed] == list(range(1, len(committed) + 1))
+    assert [r.planned for r in committed] == [False] * (len(committed) - 1) + [True]
+    assert committed[0].deliveries == 6  # the devices
+    assert result.stage == len(committed) > 4
+    assert result.total_deliveries == committed[-1].total_deliveries == result.deliveries
+    events = await store.warning_events(warning.id)
+    assert [e.state for e in events] == ["received", "planned"]
+    assert events[-1].detail == {"deliveries": result.deliveries, "plan_stage": result.stage}
+    # planning again does nothing
+    again = await worker.plan_now(warning.id)
+    assert (again.planned, again.committed, again.stopped) == (False, False, True)
+    assert sum((await store.delivery_state_counts(warning.id)).values()) == result.deliveries
+
+
+async def test_counts_tables_are_right(store: SqliteStore, policy: Policy) -> None:
+    warning = _warning((CITY,))
+    result = await _plan(store, policy, warning, chunk_persons=1)
+    rows = delivery_rows(store.path, warning.id)
+    by_state = Counter(r[4] for r in rows)
+    assert await store.delivery_state_counts(warning.id) == dict(by_state)
+    assert by_state == {"pending": 13, "held": 5}
+    counts = await store.plan_counts(warning.id)
+    assert sum(c.count for c in counts) == result.deliveries == len(rows)
+    assert {
+        (c.area_code, c.audience, c.channel): c.count for c in counts if c.area_code == VILLAGE_A1a
+    } == {
+        (VILLAGE_A1a, "grid_member", "sms"): 1,
+        (VILLAGE_A1a, "grid_member", "voice"): 1,
+        (VILLAGE_A1a, "person", "sms"): 2,
+        (VILLAGE_A1a, "person", "voice"): 1,
+        (VILLAGE_A1a, "device", "speaker"): 1,
+    }
+    # per village: distinct grid members, households, persons (with a phone or not)
+    assert coverage_targets(store.path, warning.id) == {
+        VILLAGE_A1a: (1, 2, 4),
+        VILLAGE_A1b: (1, 1, 2),
+        VILLAGE_B1a: (1, 1, 2),
+    }
+    # only the covered villages
+    village = _warning((VILLAGE_A1b,), level=Level.BLUE)
+    await _plan(store, policy, village)
+    assert coverage_targets(store.path, village.id) == {VILLAGE_A1b: (1, 1, 2)}
+
+
 async def test_plan_counts_roll_up_the_area_tree(store: SqliteStore, policy: Policy) -> None:
     warning = _warning((CITY,))
-    total = await _plan(store, policy, warning)
+    total = (await _plan(store, policy, warning, chunk_persons=1)).deliveries
     counts = await store.plan_counts(warning.id)
     assert sum(c.count for c in counts) == total
     areas = await store.areas_with_ancestors([c.area_code for c in counts])
@@ -169,21 +428,112 @@ async def test_plan_counts_roll_up_the_area_tree(store: SqliteStore, policy: Pol
     assert {a["level"] for a in county_only["areas"]} == {"city", "county"}
 
 
-async def test_planning_twice_creates_nothing_more(store: SqliteStore, policy: Policy) -> None:
-    warning = _warning((VILLAGE_A1a,))
-    first = await _plan(store, policy, warning)
-    again = await store.execute_plan(
-        warning.id, plan_statements(warning, policy, now=time.time()), now=time.time()
+async def test_stages_run_in_order(store: SqliteStore, policy: Policy) -> None:
+    warning = _warning((CITY,))
+    await store.create_warning(warning, idempotency=None, now=time.time())
+    stages = plan_stages(warning, policy, now=time.time(), villages=VILLAGES, chunk_persons=1)
+    with pytest.raises(ValueError, match="stages run in order"):
+        await store.execute_plan(warning.id, stages[1], now=time.time())
+    first = await store.execute_plan(warning.id, stages[0], now=time.time())
+    assert (first.committed, first.stage, first.deliveries, first.planned) == (True, 1, 6, False)
+    again = await store.execute_plan(warning.id, stages[0], now=time.time())
+    assert (again.committed, again.stage, again.stopped) == (False, 1, False)
+    assert sum((await store.delivery_state_counts(warning.id)).values()) == 6
+
+
+async def test_first_stage_metric(store: SqliteStore, policy: Policy) -> None:
+    registry = CollectorRegistry()
+    await _plan(store, policy, _warning((CITY,)), registry=registry)
+    assert registry.get_sample_value("tocsin_plan_first_stage_seconds_count") == 1
+    assert registry.get_sample_value("tocsin_deliveries_planned_total") == len(
+        await _all_deliveries(store)
     )
-    assert not again.planned
-    assert sum((await store.delivery_state_counts(warning.id)).values()) == first
 
 
-async def test_update_supersedes_pending_deliveries_at_once(
+async def _all_deliveries(store: SqliteStore) -> list[tuple[Any, ...]]:
+    return _sql(store, "SELECT id FROM deliveries")
+
+
+# -- restart and stop between stages ----------------------------------------------------------
+@pytest.mark.parametrize("stages_before_crash", [1, 2, 4, 6])
+async def test_a_plan_resumes_after_its_last_committed_stage(
+    tmp_path: Path, policy: Policy, stages_before_crash: int
+) -> None:
+    db = tmp_path / "t.db"
+    store = await SqliteStore.open(db)
+    fill_small_directory(db)
+    add_person(db, "p09", village=VILLAGE_A1b, household="h3", lives_alone=True)
+    warning = _warning((CITY,))
+    await store.create_warning(warning, idempotency=None, now=time.time())
+    stages = plan_stages(warning, policy, now=time.time(), villages=VILLAGES, chunk_persons=1)
+    assert len(stages) == 10
+    for stage in stages[:stages_before_crash]:
+        assert (await store.execute_plan(warning.id, stage, now=time.time())).committed
+    await store.close()  # the daemon stops here
+
+    store = await SqliteStore.open(db)
+    try:
+        assert await store.unplanned_warning_ids() == [warning.id]
+        registry = CollectorRegistry()
+        worker = PlanningWorker(store, lambda: policy, chunk_persons=1, registry=registry)
+        await worker.start()
+        await worker.wait_idle()
+        await worker.stop()
+        assert await store.unplanned_warning_ids() == []
+        one_go = _warning((CITY,))
+        count = await _plan_in_one_go(store, policy, one_go)
+        assert delivery_rows(db, warning.id) == delivery_rows(db, one_go.id)  # no duplicates
+        assert sum((await store.delivery_state_counts(warning.id)).values()) == count
+        assert await store.delivery_state_counts(warning.id) == await store.delivery_state_counts(
+            one_go.id
+        )
+        assert sorted(await store.plan_counts(warning.id), key=repr) == sorted(
+            (await store.plan_counts(one_go.id)), key=repr
+        )
+        assert coverage_targets(db, warning.id) == coverage_targets(db, one_go.id)
+        events = await store.warning_events(warning.id)
+        assert [e.state for e in events] == ["received", "planned"]
+        assert events[-1].detail == {"deliveries": count, "plan_stage": 10}
+    finally:
+        await store.close()
+
+
+async def test_a_cancel_between_stages_stops_the_plan(store: SqliteStore, policy: Policy) -> None:
+    warning = _warning((CITY,))
+    await store.create_warning(warning, idempotency=None, now=time.time())
+    cancel = _warning((CITY,), msg_type=MsgType.CANCEL)
+    seen: list[PlanResult] = []
+
+    async def cancel_after_second_stage(result: PlanResult) -> None:
+        seen.append(result)
+        if result.stage == 2:
+            await store.create_warning(
+                cancel, idempotency=None, cancels=[warning.id], now=time.time()
+            )
+
+    worker = PlanningWorker(store, lambda: policy, chunk_persons=1)
+    result = await worker.plan_now(warning.id, on_stage=cancel_after_second_stage)
+    assert (result.planned, result.stopped, result.stage) == (False, True, 2)
+    written = seen[0].deliveries + seen[1].deliveries
+    assert result.deliveries == written
+    # what was planned was stopped with the warning; nothing was planned after it
+    assert await store.delivery_state_counts(warning.id) == {"cancelled": written}
+    assert len(delivery_rows(store.path, warning.id)) == written
+    assert _sql(store, "SELECT planned_at FROM warnings WHERE id = ?", warning.id) == [(None,)]
+    assert warning.id not in await store.unplanned_warning_ids()
+    events = [e.state for e in await store.warning_events(warning.id)]
+    assert events[0] == "received"
+    assert events[-1] == "cancelled"
+    assert "planned" not in events
+
+
+# -- stopping -------------------------------------------------------------------------------------
+async def test_update_supersedes_pending_and_held_deliveries_at_once(
     store: SqliteStore, policy: Policy
 ) -> None:
     old = _warning((VILLAGE_A1a,))
-    planned = await _plan(store, policy, old)
+    planned = (await _plan(store, policy, old)).deliveries
+    assert (await store.delivery_state_counts(old.id)).get("held")
     new = _warning((VILLAGE_A1a,), msg_type=MsgType.UPDATE)
     await store.create_warning(new, idempotency=None, supersedes=[old.id], now=time.time())
     assert await store.delivery_state_counts(old.id) == {"superseded": planned}
@@ -195,10 +545,8 @@ async def test_update_supersedes_pending_deliveries_at_once(
     assert len(per_delivery) == planned
     assert {e.state for e in per_delivery} == {"superseded"}
     # a superseded warning is never planned again
-    retry = await store.execute_plan(
-        old.id, plan_statements(old, policy, now=time.time()), now=time.time()
-    )
-    assert not retry.planned
+    retry = await PlanningWorker(store, lambda: policy).plan_now(old.id)
+    assert (retry.planned, retry.stopped) == (False, True)
 
 
 async def test_delivery_events_are_append_only(store: SqliteStore, policy: Policy) -> None:
@@ -220,13 +568,16 @@ async def test_stopping_one_warning_leaves_the_others_alone(
     first = _warning((VILLAGE_A1a,))
     second = _warning((CITY,))
     third = _warning((COUNTY_B,))
-    n_first = await _plan(store, policy, first)
-    n_second = await _plan(store, policy, second)
-    n_third = await _plan(store, policy, third)
+    await _plan(store, policy, first, chunk_persons=1)
+    n_second = (await _plan(store, policy, second, chunk_persons=1)).deliveries
+    await _plan(store, policy, third, chunk_persons=1)
+    first_counts = await store.delivery_state_counts(first.id)
+    third_counts = await store.delivery_state_counts(third.id)
     cancel = _warning((CITY,), msg_type=MsgType.CANCEL)
     await store.create_warning(cancel, idempotency=None, cancels=[second.id], now=time.time())
-    assert await store.delivery_state_counts(first.id) == {"pending": n_first}
+    assert await store.delivery_state_counts(first.id) == first_counts
     assert await store.delivery_state_counts(second.id) == {"cancelled": n_second}
-    assert await store.delivery_state_counts(third.id) == {"pending": n_third}
+    assert await store.delivery_state_counts(third.id) == third_counts
+    assert set(third_counts) == {"pending", "held"}
     events = await store.warning_events(second.id, limit=10_000)
     assert len([e for e in events if e.delivery_id is not None]) == n_second

@@ -1,5 +1,7 @@
 """Property: for any people, policy and target areas, the set-based planner creates exactly the
-person deliveries a plain Python reading of the policy says it should."""
+person deliveries a plain Python reading of the policy says it should — which person, which
+channel, under which rule, and whether it is their ladder's first step (pending) or a later
+one (held) — both in one go and in stages of village chunks of any size."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from small_directory import (
 )
 
 from dispatcher.domain import Channel, Level, Role, Status
-from dispatcher.planner import plan_statements
+from dispatcher.planner import plan_stages, plan_statements
 from dispatcher.policy import AudienceSelector, Policy
 from dispatcher.store.migrations import migrate_sqlite
 from dispatcher.store.sqlite import connect
@@ -48,13 +50,17 @@ people = st.lists(
     ),
     max_size=25,
 )
+LADDERS = [
+    (Channel.SMS,),
+    (Channel.VOICE,),
+    (Channel.SMS, Channel.VOICE),
+    (Channel.VOICE, Channel.SMS),
+]
 rules = st.lists(
-    st.tuples(
-        st.sampled_from(PERSON_SELECTORS),
-        st.sets(st.sampled_from([Channel.SMS, Channel.VOICE]), min_size=1),
-    ),
+    st.tuples(st.sampled_from(PERSON_SELECTORS), st.sampled_from(LADDERS)),
     min_size=1,
     max_size=5,
+    unique_by=lambda rule: rule[0],  # one rule per audience
 )
 targets = st.sets(st.sampled_from(sorted(UNDER)), min_size=1, max_size=3)
 
@@ -125,39 +131,66 @@ def _matches(
     return True  # everyone
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(persons=people, policy_rules=rules, areas=targets)
-def test_planner_matches_a_plain_reading_of_the_policy(
+def _expected(
     persons: list[tuple[str, int, bool, bool, bool, int]],
-    policy_rules: list[tuple[AudienceSelector, set[Channel]]],
-    areas: set[str],
-) -> None:
-    level_rules = [
-        {"audience": s.value, "channels": sorted(c.value for c in chans)}
-        for s, chans in policy_rules
-    ]
-    policy = Policy.model_validate({"levels": {lv.value: {"rules": level_rules} for lv in Level}})
-    covered = set().union(*(UNDER[a] for a in areas))
-    expected = set()
+    policy_rules: list[tuple[AudienceSelector, tuple[Channel, ...]]],
+    covered: set[str],
+) -> list[tuple[str, str, str, int, str]]:
+    """The policy read plainly: a person's ladder starts with the first channel of the most
+    urgent rule that matched them; each channel's row is under the most urgent rule giving
+    it, pending when it is the first step, held otherwise."""
+    urgency = sorted(policy_rules, key=lambda r: (r[0].priority, PERSON_SELECTORS.index(r[0])))
+    expected = []
     for i, person in enumerate(persons):
         if person[0] not in covered or not person[4]:
             continue
+        matched = [(s, chans) for s, chans in urgency if _matches(s, person, i, persons)]
+        if not matched:
+            continue
+        first = matched[0][1][0]
         for channel in (Channel.SMS, Channel.VOICE):
-            matched = [
-                s
-                for s, chans in policy_rules
-                if channel in chans and _matches(s, person, i, persons)
-            ]
-            if matched:
-                best = min(matched, key=lambda s: (s.priority, PERSON_SELECTORS.index(s)))
-                expected.add((f"p{i:03d}", channel.value, best.audience.value, best.priority))
+            givers = [s for s, chans in matched if channel in chans]
+            if givers:
+                best = givers[0]
+                state = "pending" if channel is first else "held"
+                expected.append(
+                    (f"p{i:03d}", channel.value, best.audience.value, best.priority, state)
+                )
+    return sorted(expected)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    persons=people,
+    policy_rules=rules,
+    areas=targets,
+    chunk_persons=st.integers(min_value=1, max_value=12),
+)
+def test_planner_matches_a_plain_reading_of_the_policy(
+    persons: list[tuple[str, int, bool, bool, bool, int]],
+    policy_rules: list[tuple[AudienceSelector, tuple[Channel, ...]]],
+    areas: set[str],
+    chunk_persons: int,
+) -> None:
+    level_rules = [
+        {"audience": s.value, "channels": [c.value for c in chans]} for s, chans in policy_rules
+    ]
+    policy = Policy.model_validate({"levels": {lv.value: {"rules": level_rules} for lv in Level}})
+    covered = set().union(*(UNDER[a] for a in areas))
+    expected = _expected(persons, policy_rules, covered)
+    villages = [(v, sum(1 for p in persons if p[0] == v)) for v in sorted(covered)]
+    warning = make_warning(tuple(sorted(areas)), ident="w", status=Status.TEST)
+    one_go = plan_statements(warning, policy, now=time.time())
+    stages = plan_stages(
+        warning, policy, now=time.time(), villages=villages, chunk_persons=chunk_persons
+    )
+    staged = [statement for stage in stages for statement in stage.statements]
 
     with tempfile.TemporaryDirectory() as folder:
         conn = connect(Path(folder) / "t.db")
         migrate_sqlite(conn)
         conn.execute("BEGIN")
         _directory(conn, persons)
-        warning = make_warning(tuple(sorted(areas)), ident="w", status=Status.TEST)
         conn.execute(
             "INSERT INTO warnings (id, identifier, sender, sent, status, msg_type, level, event, "
             "headline, description, instruction, area_codes, expires, urgency, certainty, "
@@ -165,14 +198,18 @@ def test_planner_matches_a_plain_reading_of_the_policy(
             "('w','w','s','','Test','Alert','red','e','h','','','[]','','','','','','t','')"
         )
         conn.executemany("INSERT INTO warning_areas VALUES ('w', ?)", [(a,) for a in areas])
-        for statement in plan_statements(warning, policy, now=time.time()):
-            conn.execute(statement.sql, statement.params)
-        got = set(
-            conn.execute(
-                "SELECT target_id, channel, audience, priority FROM deliveries "
-                "WHERE audience != 'device'"
-            ).fetchall()
-        )
+        got = {}
+        for name, statements in (("one go", one_go), ("staged", staged)):
+            conn.execute("DELETE FROM deliveries")
+            for statement in statements:
+                conn.execute(statement.sql, statement.params)
+            got[name] = sorted(
+                conn.execute(
+                    "SELECT target_id, channel, audience, priority, state FROM deliveries "
+                    "WHERE audience != 'device'"
+                ).fetchall()
+            )
         conn.execute("ROLLBACK")
         conn.close()
-    assert got == expected
+    assert got["one go"] == expected
+    assert got["staged"] == expected
