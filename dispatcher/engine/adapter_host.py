@@ -66,6 +66,8 @@ class AdapterHost:
         self._start_backoff = start_backoff or Backoff(base=1.0, cap=60.0)
         self._ready = False
         self.start_failures = 0
+        #: When the next start is tried (time.monotonic()), after a failed one.
+        self._next_start = 0.0
         self._task: asyncio.Task[None] | None = None
         self.on_ready: Callable[[], None] = lambda: None
 
@@ -79,6 +81,14 @@ class AdapterHost:
         if not self._ready:
             return self.start_failures > 0
         return self.breaker.state is BreakerState.OPEN
+
+    @property
+    def seconds_until_usable(self) -> float:
+        """How long a paused instance stays paused: until its next start, or until its
+        breaker lets a probe through."""
+        if not self._ready:
+            return max(0.0, self._next_start - time.monotonic())
+        return self.breaker.seconds_until_probe
 
     @property
     def min_batch(self) -> int:
@@ -113,6 +123,7 @@ class AdapterHost:
             except Exception as exc:  # a start that raises anything is "not ready"
                 self.start_failures += 1
                 delay = self._start_backoff.delay(self.start_failures)
+                self._next_start = time.monotonic() + delay
                 log.warning(
                     "adapter not ready",
                     adapter=self.name,
@@ -150,7 +161,14 @@ class AdapterHost:
         started = time.monotonic()
         task = asyncio.create_task(self.adapter.send(batch), name=f"tocsin-send-{self.name}")
         try:
-            done, _ = await asyncio.wait({task}, timeout=self.spec.config.send_timeout)
+            try:
+                done, _ = await asyncio.wait({task}, timeout=self.spec.config.send_timeout)
+            except asyncio.CancelledError:
+                # Shutdown gave up on this batch (it stays leased): do not leave the adapter's
+                # send running behind the stopped engine.
+                task.cancel()
+                task.add_done_callback(_consume)
+                raise
             if not done:
                 task.cancel()  # not awaited: an adapter that ignores cancellation cannot hang us
                 task.add_done_callback(_consume)

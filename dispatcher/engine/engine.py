@@ -212,6 +212,10 @@ class Engine:
             return max(0.01, min(1.0, next_due - self._clock()))
         self._metrics.claimed.labels(channel).inc(len(claimed))
         shares, leftover = _share_out(claimed, hosts, capacities)
+        # Read what the batches need first: each batch's task then reaches its adapter host
+        # without waiting (counting against its concurrency and the half-open probe) before
+        # this loop looks at the capacities again.
+        await self._warning_contents(c.warning_seq for c in claimed)
         for host, share in shares:
             host.bucket.take(len(share))
             task = asyncio.create_task(
@@ -235,7 +239,9 @@ class Engine:
         )
         if not claimed:
             return FALLOVER_INTERVAL
-        pause = max((h.breaker.seconds_until_probe for h in hosts), default=30.0) or 30.0
+        # Until the first instance may take them again (its breaker's probe, or its next
+        # start when it is not ready); 30 s when no instance is configured.
+        pause = min((h.seconds_until_usable for h in hosts), default=30.0) or FALLOVER_INTERVAL
         why = (
             f"no adapter is configured for {channel}"
             if not hosts

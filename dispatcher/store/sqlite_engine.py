@@ -61,6 +61,8 @@ _PEOPLE_AUDIENCES = frozenset(
     {Audience.GRID_MEMBER.value, Audience.HOUSEHOLD.value, Audience.PERSON.value}
 )
 _NOT_YET_SENT = ("held", "pending", "retry_wait")
+#: States a report can put a delivery in before the engine has recorded its send's outcome.
+_REPORTED = frozenset({DeliveryState.DELIVERED.value, DeliveryState.ACKNOWLEDGED.value})
 
 
 @dataclass(slots=True)
@@ -86,6 +88,8 @@ class _Batch:
     events: list[tuple[Any, ...]] = field(default_factory=list)
     escalated: int = 0
     visits: int = 0
+    #: Stopped deliveries acknowledged in this batch (their state does not say so).
+    acked_stopped: set[int] = field(default_factory=set)
 
     def warning(self, seq: int) -> _WarningInfo:
         info = self.warnings.get(seq)
@@ -517,6 +521,9 @@ def _fall_over(
     conn = batch.conn
     fell = 0
     for c in claimed:
+        now_in = conn.execute("SELECT state FROM deliveries WHERE id = ?", (c.id,)).fetchone()
+        if now_in is None or now_in[0] != DeliveryState.SENDING.value:
+            continue  # cancelled, superseded or expired since it was claimed
         held = None
         if c.audience in _PEOPLE_AUDIENCES:
             held = conn.execute(
@@ -598,6 +605,7 @@ def _record(
             found = _row(values)
             current[found.id] = found
     updates = []
+    deadlines: list[tuple[float, float, int]] = []
     refs = []
     stale = 0
     escalate: list[tuple[_Row, str]] = []
@@ -611,6 +619,26 @@ def _record(
             detail.setdefault("address", addresses[t.delivery_id])
         if t.reference:
             detail["reference"] = t.reference
+        if row.state in _REPORTED and t.state in (DeliveryState.SENT, DeliveryState.DELIVERED):
+            # The adapter's report (delivered, acknowledged) was recorded before its outcome:
+            # keep the reported state; take the acknowledgement deadline and the reference.
+            if row.state == DeliveryState.DELIVERED.value and t.due_at is not None:
+                deadlines.append((t.due_at, now, row.id))
+            if t.reference:
+                refs.append((t.adapter, t.reference, row.id))
+            batch.event(
+                row.warning_seq,
+                row.id,
+                t.state.value,
+                attempt=t.attempt,
+                adapter=t.adapter,
+                reason=(t.reason + "; " if t.reason else "") + f"reported {row.state} already",
+                detail=detail,
+                target_id=row.target_id,
+                channel=row.channel,
+                area_code=row.area_code,
+            )
+            continue
         if row.state != DeliveryState.SENDING.value:
             # Cancelled, superseded or expired while the adapter was sending: what happened is
             # logged, the delivery keeps its terminal state.
@@ -653,6 +681,8 @@ def _record(
         "UPDATE deliveries SET state = ?, due_at = ?, attempts = ?, updated_at = ? WHERE id = ?",
         updates,
     )
+    if deadlines:
+        conn.executemany("UPDATE deliveries SET due_at = ?, updated_at = ? WHERE id = ?", deadlines)
     if refs:
         conn.executemany(
             "INSERT OR REPLACE INTO delivery_refs (adapter, reference, delivery_id) "
@@ -811,6 +841,10 @@ def _find_delivery(batch: _Batch, ack: AdapterAck) -> tuple[_Row | None, str]:
     conn = batch.conn
     report = ack.report
     if report.delivery_id is not None:
+        if not 0 < report.delivery_id < 2**63:
+            # Beyond SQLite's integers the lookup would raise, and the intake would retry the
+            # batch forever, stalling every acknowledgement behind it.
+            return None, f"no delivery {report.delivery_id}"
         found = conn.execute(
             f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE id = ?", (report.delivery_id,)
         ).fetchone()
@@ -938,6 +972,18 @@ def _apply_report(batch: _Batch, ack: AdapterAck, retry_delay: RetryDelay) -> Ac
             (batch.now, row.id),
         )
         batch.move(row.warning_seq, row.state, "acknowledged")
+    elif (
+        row.id in batch.acked_stopped
+        or batch.conn.execute(
+            "SELECT 1 FROM delivery_events WHERE target_id = ? AND delivery_id = ? "
+            "AND state = 'acknowledged' LIMIT 1",
+            (row.target_id, row.id),
+        ).fetchone()
+    ):
+        # A stopped delivery keeps its state when acknowledged: the log says it was.
+        return AckOutcome(AckResult.DUPLICATE, f"already acknowledged ({row.state})", row.id)
+    else:
+        batch.acked_stopped.add(row.id)
     log("acknowledged")
     source = ack.adapter
     if row.audience == Audience.DEVICE.value:
@@ -1020,6 +1066,8 @@ def _skip_steps(
             step = _row(values)
             if audience is not None and step.audience != audience:
                 continue
+            if step.audience == Audience.VISIT.value:
+                continue  # a task for the households of their grid, not a step of their own
             batch.conn.execute(
                 "UPDATE deliveries SET state = 'skipped', updated_at = ? WHERE id = ?",
                 (batch.now, step.id),

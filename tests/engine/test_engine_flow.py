@@ -8,7 +8,14 @@ from small_directory import COUNTY_A, make_warning
 
 from dispatcher.planning_worker import PlanningWorker
 from dispatcher.store.sqlite import SqliteStore
-from engine.harness import POLICY, Running, all_channels, make_engine, wait_until
+from engine.harness import (
+    POLICY,
+    Running,
+    all_channels,
+    assert_counts_consistent,
+    make_engine,
+    wait_until,
+)
 
 
 async def test_red_warning_is_sent_acknowledged_and_completes(store: SqliteStore) -> None:
@@ -25,14 +32,26 @@ async def test_red_warning_is_sent_acknowledged_and_completes(store: SqliteStore
         engine.wake()
 
         def completed() -> bool:
-            return bool(run.rows("SELECT 1 FROM warnings WHERE id = ? AND completed_at IS NOT NULL", (warning.id,)))
+            return bool(
+                run.rows(
+                    "SELECT 1 FROM warnings WHERE id = ? AND completed_at IS NOT NULL",
+                    (warning.id,),
+                )
+            )
 
         await wait_until(completed, what="warning complete")
         states = run.delivery_states(warning.id)
         assert states, "nothing was planned"
         assert set(states.values()) <= {"acknowledged", "skipped"}, states
-        kinds = dict(run.rows("SELECT kind, count(*) FROM reached r JOIN warnings w ON w.seq = r.warning_seq WHERE w.id = ? GROUP BY kind", (warning.id,)))
+        kinds = dict(
+            run.rows(
+                "SELECT kind, count(*) FROM reached r JOIN warnings w ON w.seq = r.warning_seq "
+                "WHERE w.id = ? GROUP BY kind",
+                (warning.id,),
+            )
+        )
         assert kinds["village"] == 2
+        await assert_counts_consistent(store, store.path, warning.id)
     finally:
         await planner.stop()
         await engine.stop()

@@ -1,0 +1,60 @@
+"""Fall-over: when no SMS adapter can send (paused, or none configured), a person's SMS gives
+way at once to the next step of their ladder; a person with no later step waits for the
+channel without the wait counting as an attempt."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from small_directory import VILLAGE_A1a
+
+from dispatcher.config import AdapterInstanceConfig
+from engine.conftest import MakeTocsin
+from engine.harness import policy, rule, sim
+
+LADDER = [rule("grid_members", "sms", "voice"), rule("everyone", "sms")]
+
+PAUSED = {
+    # Its first batch raises and opens the breaker for a long pause.
+    "sms": sim(["sms"], raise_rate=1, breaker_failures=1, breaker_pause=60),
+    "voice": sim(["voice"]),
+}
+MISSING = {"voice": sim(["voice"])}
+
+
+@pytest.mark.parametrize(
+    ("instances", "attempts", "why"),
+    [(PAUSED, 1, "every sms adapter is paused (sms)"), (MISSING, 0, "no adapter is configured")],
+    ids=["paused", "missing"],
+)
+async def test_sms_falls_over_to_the_held_call(
+    tocsin: MakeTocsin, instances: dict[str, AdapterInstanceConfig], attempts: int, why: str
+) -> None:
+    t = tocsin(instances, policy=policy(rules=LADDER))
+    w = await t.warn((VILLAGE_A1a,))
+    await t.start()
+
+    voice = await t.wait_state(w.id, "p01", "voice", "acknowledged", within=5)
+
+    sms = t.delivery(w.id, "p01", "sms")
+    assert sms.state == "failed"
+    failed = [e for e in t.events(sms.id) if e.state == "failed"]
+    assert len(failed) == 1
+    assert why in failed[0].reason
+    assert "fell over to voice" in failed[0].reason
+    released = next(e for e in t.events(voice.id) if e.state == "pending")
+    assert "escalated: sms unavailable" in released.reason
+    assert released.at - failed[0].at < 0.01  # in the same transaction
+    assert t.reached(w.id)[("grid_member", "p01")] == 1
+
+    # p02 and p04 have nothing after the SMS: they wait for the channel, uncounted.
+    for person in ("p02", "p04"):
+        d = t.delivery(w.id, person, "sms")
+        assert d.state == "retry_wait"
+        assert d.attempts == attempts, "waiting for a paused channel is not an attempt"
+        assert d.due_at > time.time() + 20, "waits for the channel, not a busy loop"
+        assert any(why in e.reason for e in t.events(d.id) if e.state == "retry_wait")
+    if "sms" in instances:
+        assert t.adapter("sms").stats.sends == 1, "a paused adapter is not called"
+    await t.assert_counts_consistent(w.id)
