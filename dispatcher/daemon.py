@@ -93,7 +93,9 @@ async def serve(
         # Stopped after the planner and the API (the exit stack runs in reverse): the engine
         # drains in-flight sends last.
         stack.push_async_callback(engine.stop)
-        planner = PlanningWorker(store, lambda: config.policy, registry=registry)
+        planner = PlanningWorker(
+            store, lambda: config.policy, registry=registry, on_stage_committed=engine.wake
+        )
         await planner.start()
         stack.push_async_callback(planner.stop)
         service = WarningService(store, config.settings.cap, on_created=planner.enqueue)
