@@ -35,6 +35,7 @@ from dispatcher.adapter_config import build_adapter_specs  # noqa: E402
 from dispatcher.config import AdapterInstanceConfig, EngineConfig, load_policy  # noqa: E402
 from dispatcher.domain import Channel, Level, MsgType, Status, WarningRecord  # noqa: E402
 from dispatcher.engine.engine import Engine  # noqa: E402
+from dispatcher.logging_setup import configure_logging  # noqa: E402
 from dispatcher.planning_worker import PlanningWorker  # noqa: E402
 from dispatcher.store.sqlite import SqliteStore, connect  # noqa: E402
 
@@ -71,7 +72,6 @@ async def plan(db: Path) -> str:
         warning = city_warning()
         await store.create_warning(warning, idempotency=None, now=time.time())
         worker = PlanningWorker(store, lambda: load_policy(ROOT / "config" / "policy.toml"))
-        await worker.plan_now(warning.id) if False else None  # noqa: B018 (see below)
         await worker.start()
         await worker.wait_idle()
         await worker.stop()
@@ -254,6 +254,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=0.1)
     args = parser.parse_args()
+    configure_logging("warning")  # as the daemon would: debug lines cost time
     params = scaled(args.scale)
     base = base_database(params, args.scale)
     work = DATA / f"dispatch-{args.scale:g}.db"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -72,6 +72,10 @@ class _WarningInfo:
     level: str
     expires: float
     state: str
+    #: Whether any of its deliveries are held / for household contacts (None: not looked up).
+    has_held: bool | None = None
+    has_household_steps: bool | None = None
+    covered_villages: frozenset[str] | None = None
 
 
 @dataclass(slots=True)
@@ -90,6 +94,53 @@ class _Batch:
     visits: int = 0
     #: Stopped deliveries acknowledged in this batch (their state does not say so).
     acked_stopped: set[int] = field(default_factory=set)
+    #: Read ahead for a batch of reports: deliveries by id, provider references, the people
+    #: and devices they are for, the grids people serve. Kept in step with this batch's own
+    #: changes to deliveries.
+    rows: dict[int, _Row] = field(default_factory=dict)
+    refs: dict[tuple[str, str], int] = field(default_factory=dict)
+    persons: dict[str, tuple[str | None, str, str | None, str]] = field(default_factory=dict)
+    device_addresses: dict[str, str] = field(default_factory=dict)
+    grids: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def set_state(self, row: _Row, state: str) -> None:
+        if row.id in self.rows:
+            self.rows[row.id] = replace(row, state=state)
+
+    def has_held(self, seq: int) -> bool:
+        info = self.warning(seq)
+        if info.has_held is None:
+            found = self.conn.execute(
+                "SELECT n FROM delivery_state_counts WHERE warning_seq = ? AND state = 'held'",
+                (seq,),
+            ).fetchone()
+            info.has_held = bool(found and found[0])
+        return info.has_held
+
+    def covered_villages(self, seq: int) -> frozenset[str]:
+        """The villages under the warning's areas (a device reaches only these for it)."""
+        info = self.warning(seq)
+        if info.covered_villages is None:
+            info.covered_villages = frozenset(
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT c.descendant FROM area_closure c JOIN areas a ON a.code = "
+                    "c.descendant AND a.level = 'village' WHERE c.ancestor IN "
+                    "(SELECT area_code FROM warning_areas WHERE warning_id = ?)",
+                    (info.id,),
+                )
+            )
+        return info.covered_villages
+
+    def has_household_steps(self, seq: int) -> bool:
+        info = self.warning(seq)
+        if info.has_household_steps is None:
+            found = self.conn.execute(
+                "SELECT 1 FROM plan_counts WHERE warning_id = ? AND audience = 'household' LIMIT 1",
+                (info.id,),
+            ).fetchone()
+            info.has_household_steps = found is not None
+        return info.has_household_steps
 
     def warning(self, seq: int) -> _WarningInfo:
         info = self.warnings.get(seq)
@@ -215,10 +266,11 @@ class SqliteEngineOps(SqliteConnections):
                 if not rows:
                     conn.execute("COMMIT")
                     return []
-                conn.executemany(
-                    "UPDATE deliveries SET state = 'sending', attempts = ?, due_at = ?, "
-                    "updated_at = ? WHERE id = ?",
-                    [(r.attempts + 1, now + lease, now, r.id) for r in rows],
+                _update_ids(
+                    conn,
+                    "state = 'sending', attempts = attempts + 1, due_at = ?, updated_at = ?",
+                    (now + lease, now),
+                    [r.id for r in rows],
                 )
                 deltas: dict[int, dict[str, int]] = {}
                 for r in rows:
@@ -328,6 +380,7 @@ class SqliteEngineOps(SqliteConnections):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 batch = _Batch(conn, now, levels, visit_delay)
+                _read_ahead(batch, acks)
                 outcomes = [_apply_ack(batch, ack, retry_delay) for ack in acks]
                 batch.flush()
             except BaseException:
@@ -604,7 +657,8 @@ def _record(
         ):
             found = _row(values)
             current[found.id] = found
-    updates = []
+    updates: dict[tuple[str, float, int], list[int]] = {}
+    recorded = 0
     deadlines: list[tuple[float, float, int]] = []
     refs = []
     stale = 0
@@ -656,10 +710,9 @@ def _record(
                 area_code=row.area_code,
             )
             continue
-        attempts = row.attempts - 1 if t.uncount_attempt else row.attempts
-        updates.append(
-            (t.state.value, t.due_at if t.due_at is not None else now, attempts, now, row.id)
-        )
+        key = (t.state.value, t.due_at if t.due_at is not None else now, -int(t.uncount_attempt))
+        updates.setdefault(key, []).append(row.id)
+        recorded += 1
         batch.move(row.warning_seq, row.state, t.state.value)
         batch.event(
             row.warning_seq,
@@ -677,10 +730,15 @@ def _record(
             refs.append((t.adapter, t.reference, row.id))
         if t.escalate:
             escalate.append((row, f"{row.channel} {t.state.value}: {t.reason}"))
-    conn.executemany(
-        "UPDATE deliveries SET state = ?, due_at = ?, attempts = ?, updated_at = ? WHERE id = ?",
-        updates,
-    )
+    # Most of a batch shares its new state and due time (one clock reading per batch): one
+    # statement per group instead of one per delivery.
+    for (state, due_at, attempts_delta), ids in updates.items():
+        _update_ids(
+            conn,
+            "state = ?, due_at = ?, attempts = attempts + ?, updated_at = ?",
+            (state, due_at, attempts_delta, now),
+            ids,
+        )
     if deadlines:
         conn.executemany("UPDATE deliveries SET due_at = ?, updated_at = ? WHERE id = ?", deadlines)
     if refs:
@@ -693,7 +751,7 @@ def _record(
         _escalate(batch, row, why)
     batch.flush()
     return RecordResult(
-        recorded=len(updates), stale=stale, escalated=batch.escalated, visits_created=batch.visits
+        recorded=recorded, stale=stale, escalated=batch.escalated, visits_created=batch.visits
     )
 
 
@@ -720,6 +778,7 @@ def _escalate(batch: _Batch, row: _Row, why: str) -> None:
             "UPDATE deliveries SET state = 'pending', due_at = ?, updated_at = ? WHERE id = ?",
             (batch.now, batch.now, step.id),
         )
+        batch.set_state(step, "pending")
         batch.move(step.warning_seq, "held", "pending")
         batch.event(
             step.warning_seq,
@@ -845,21 +904,18 @@ def _find_delivery(batch: _Batch, ack: AdapterAck) -> tuple[_Row | None, str]:
             # Beyond SQLite's integers the lookup would raise, and the intake would retry the
             # batch forever, stalling every acknowledgement behind it.
             return None, f"no delivery {report.delivery_id}"
-        found = conn.execute(
-            f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE id = ?", (report.delivery_id,)
-        ).fetchone()
-        return (_row(found), "") if found else (None, f"no delivery {report.delivery_id}")
+        return _delivery(batch, report.delivery_id)
     if report.reference:
-        ref = conn.execute(
-            "SELECT delivery_id FROM delivery_refs WHERE adapter = ? AND reference = ?",
-            (ack.adapter, report.reference),
-        ).fetchone()
-        if ref is None:
-            return None, f"no delivery with reference {report.reference!r} from {ack.adapter}"
-        found = conn.execute(
-            f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE id = ?", (ref[0],)
-        ).fetchone()
-        return (_row(found), "") if found else (None, f"no delivery {ref[0]}")
+        ref_id = batch.refs.get((ack.adapter, report.reference))
+        if ref_id is None:
+            ref = conn.execute(
+                "SELECT delivery_id FROM delivery_refs WHERE adapter = ? AND reference = ?",
+                (ack.adapter, report.reference),
+            ).fetchone()
+            if ref is None:
+                return None, (f"no delivery with reference {report.reference!r} from {ack.adapter}")
+            ref_id = int(ref[0])
+        return _delivery(batch, ref_id)
     if report.from_address:
         persons = [
             r[0]
@@ -880,18 +936,119 @@ def _find_delivery(batch: _Batch, ack: AdapterAck) -> tuple[_Row | None, str]:
     return None, "the report names no delivery, reference or sender"
 
 
-def _target_addresses(conn: sqlite3.Connection, row: _Row) -> set[str]:
-    if row.audience == Audience.DEVICE.value:
-        found = conn.execute(
-            "SELECT address FROM devices WHERE id = ?", (row.target_id,)
+def _delivery(batch: _Batch, delivery_id: int) -> tuple[_Row | None, str]:
+    row = batch.rows.get(delivery_id)
+    if row is None:
+        found = batch.conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
         ).fetchone()
-        return {row.target_id} | ({found[0]} if found and found[0] else set())
-    found = conn.execute(
-        "SELECT phone, other_phones FROM persons WHERE id = ?", (row.target_id,)
+        if found is None:
+            return None, f"no delivery {delivery_id}"
+        row = _row(found)
+    return row, ""
+
+
+def _read_ahead(batch: _Batch, acks: Sequence[Ack]) -> None:
+    """Read what a batch of reports needs in a few set queries instead of several point
+    queries per report."""
+    conn = batch.conn
+    ids = {
+        a.report.delivery_id
+        for a in acks
+        if isinstance(a, AdapterAck)
+        and a.report.delivery_id is not None
+        and 0 < a.report.delivery_id < 2**63
+    }
+    by_adapter: dict[str, list[str]] = {}
+    for a in acks:
+        if isinstance(a, AdapterAck) and a.report.delivery_id is None and a.report.reference:
+            by_adapter.setdefault(a.adapter, []).append(a.report.reference)
+    for adapter, references in by_adapter.items():
+        for chunk in _chunks(references, 900):
+            marks = ",".join("?" * len(chunk))
+            for reference, delivery_id in conn.execute(
+                "SELECT reference, delivery_id FROM delivery_refs "
+                f"WHERE adapter = ? AND reference IN ({marks})",
+                (adapter, *chunk),
+            ):
+                batch.refs[(adapter, reference)] = int(delivery_id)
+                ids.add(int(delivery_id))
+    for chunk_ids in _chunks(sorted(ids), 900):
+        marks = ",".join("?" * len(chunk_ids))
+        for values in conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE id IN ({marks})", chunk_ids
+        ):
+            row = _row(values)
+            batch.rows[row.id] = row
+    people = sorted({r.target_id for r in batch.rows.values() if r.audience != "device"})
+    devices = sorted({r.target_id for r in batch.rows.values() if r.audience == "device"})
+    for chunk in _chunks(people, 900):
+        marks = ",".join("?" * len(chunk))
+        for person_id, phone, other, household, village in conn.execute(
+            "SELECT id, phone, other_phones, household_id, village_code FROM persons "
+            f"WHERE id IN ({marks})",
+            chunk,
+        ):
+            batch.persons[person_id] = (phone, other or "", household, village)
+        for person_id, grid_id, grid_village in conn.execute(
+            "SELECT gm.person_id, g.id, g.village_code FROM grid_members gm "
+            f"JOIN grids g ON g.id = gm.grid_id WHERE gm.person_id IN ({marks}) "
+            "ORDER BY gm.person_id, g.id",
+            chunk,
+        ):
+            batch.grids.setdefault(person_id, []).append((grid_id, grid_village))
+    for person_id in people:
+        batch.grids.setdefault(person_id, [])
+    for chunk in _chunks(devices, 900):
+        marks = ",".join("?" * len(chunk))
+        for device_id, address in conn.execute(
+            f"SELECT id, address FROM devices WHERE id IN ({marks})", chunk
+        ):
+            batch.device_addresses[device_id] = address or ""
+
+
+def _person(batch: _Batch, person_id: str) -> tuple[str | None, str, str | None, str] | None:
+    if person_id in batch.persons:
+        return batch.persons[person_id]
+    found = batch.conn.execute(
+        "SELECT phone, other_phones, household_id, village_code FROM persons WHERE id = ?",
+        (person_id,),
     ).fetchone()
     if found is None:
-        return set()
-    return {p for p in [found[0], *str(found[1] or "").split(";")] if p}
+        return None
+    batch.persons[person_id] = (found[0], found[1] or "", found[2], found[3])
+    return batch.persons[person_id]
+
+
+def _person_grids(batch: _Batch, person_id: str) -> list[tuple[str, str]]:
+    """The grids a person serves as grid member, with their villages."""
+    if person_id not in batch.grids:
+        batch.grids[person_id] = [
+            (g, v)
+            for g, v in batch.conn.execute(
+                "SELECT g.id, g.village_code FROM grid_members gm JOIN grids g "
+                "ON g.id = gm.grid_id WHERE gm.person_id = ? ORDER BY g.id",
+                (person_id,),
+            )
+        ]
+    return batch.grids[person_id]
+
+
+def _target_addresses(batch: _Batch, row: _Row) -> set[str]:
+    if row.audience == Audience.DEVICE.value:
+        address = batch.device_addresses.get(row.target_id)
+        if address is not None:
+            return {row.target_id} | ({address} if address else set())
+    else:
+        person = _person(batch, row.target_id)
+        if person is None:
+            return set()
+        phone, other, _household, _village = person
+        return {p for p in [phone, *other.split(";")] if p}
+    found = batch.conn.execute(
+        "SELECT address FROM devices WHERE id = ?", (row.target_id,)
+    ).fetchone()
+    return {row.target_id} | ({found[0]} if found and found[0] else set())
 
 
 def _apply_report(batch: _Batch, ack: AdapterAck, retry_delay: RetryDelay) -> AckOutcome:
@@ -906,16 +1063,18 @@ def _apply_report(batch: _Batch, ack: AdapterAck, retry_delay: RetryDelay) -> Ac
             f"delivery {row.id} belongs to warning {warning.id}, not {report.warning_id}",
             row.id,
         )
-    if report.from_address is not None and report.from_address not in _target_addresses(
-        batch.conn, row
-    ):
+    if report.from_address is not None and report.from_address not in _target_addresses(batch, row):
         return AckOutcome(
             AckResult.REJECTED,
             f"delivery {row.id} is for {row.target_id}, not for {report.from_address}",
             row.id,
         )
-    at = report.at if report.at is not None else ack.received_at
+    # Tocsin's clock decides what is in time and orders the log; a device's or provider's
+    # own time (its clock may be wrong) is kept in the detail.
+    at = ack.received_at
     detail = dict(report.detail)
+    if report.at is not None:
+        detail["reported_at"] = report.at
 
     def log(state: str) -> None:
         batch.event(
@@ -939,6 +1098,7 @@ def _apply_report(batch: _Batch, ack: AdapterAck, retry_delay: RetryDelay) -> Ac
             "UPDATE deliveries SET state = 'delivered', updated_at = ? WHERE id = ?",
             (batch.now, row.id),
         )
+        batch.set_state(row, "delivered")
         batch.move(row.warning_seq, row.state, "delivered")
         log("delivered")
         return AckOutcome(AckResult.APPLIED, "", row.id)
@@ -955,6 +1115,7 @@ def _apply_report(batch: _Batch, ack: AdapterAck, retry_delay: RetryDelay) -> Ac
             "UPDATE deliveries SET state = ?, due_at = ?, updated_at = ? WHERE id = ?",
             (new, due, batch.now, row.id),
         )
+        batch.set_state(row, new)
         batch.move(row.warning_seq, row.state, new)
         log(new)
         if new == "failed":
@@ -971,6 +1132,7 @@ def _apply_report(batch: _Batch, ack: AdapterAck, retry_delay: RetryDelay) -> Ac
             "UPDATE deliveries SET state = 'acknowledged', updated_at = ? WHERE id = ?",
             (batch.now, row.id),
         )
+        batch.set_state(row, "acknowledged")
         batch.move(row.warning_seq, row.state, "acknowledged")
     elif (
         row.id in batch.acked_stopped
@@ -1016,41 +1178,40 @@ def _reach(
 
 
 def _reach_device_villages(batch: _Batch, row: _Row, at: float, in_time: bool, source: str) -> None:
-    warning_id = batch.warning(row.warning_seq).id
+    covered = batch.covered_villages(row.warning_seq)
     villages = batch.conn.execute(
         "SELECT DISTINCT c.descendant FROM device_areas da "
         "JOIN area_closure c ON c.ancestor = da.area_code "
         "JOIN areas a ON a.code = c.descendant AND a.level = 'village' "
-        "WHERE da.device_id = ? AND c.descendant IN (SELECT c2.descendant FROM area_closure c2 "
-        "WHERE c2.ancestor IN (SELECT area_code FROM warning_areas WHERE warning_id = ?))",
-        (row.target_id, warning_id),
+        "WHERE da.device_id = ? ORDER BY c.descendant",
+        (row.target_id,),
     ).fetchall()
     for (village,) in villages:
-        _reach(batch, row.warning_seq, "village", village, village, at, in_time, source, row.id)
+        if village in covered:
+            _reach(batch, row.warning_seq, "village", village, village, at, in_time, source, row.id)
 
 
 def _reach_person(batch: _Batch, row: _Row, at: float, in_time: bool, source: str) -> None:
-    conn = batch.conn
     seq = row.warning_seq
-    person = conn.execute(
-        "SELECT household_id, village_code FROM persons WHERE id = ?", (row.target_id,)
-    ).fetchone()
-    village = person[1] if person else row.area_code
+    person = _person(batch, row.target_id)
+    household_id, village = (person[2], person[3]) if person else (None, row.area_code)
     _reach(batch, seq, "person", row.target_id, village, at, in_time, source, row.id)
-    grids = conn.execute(
-        "SELECT g.id, g.village_code FROM grid_members gm JOIN grids g ON g.id = gm.grid_id "
-        "WHERE gm.person_id = ?",
-        (row.target_id,),
-    ).fetchall()
+    grids = _person_grids(batch, row.target_id)
     if grids:
-        _reach(batch, seq, "grid_member", row.target_id, village, at, in_time, source, row.id)
-        for _grid_id, grid_village in grids:
-            _reach(batch, seq, "village", grid_village, grid_village, at, in_time, source, row.id)
-    _skip_steps(batch, seq, [row.target_id], None, f"{row.target_id} acknowledged by {row.channel}")
-    if person and person[0]:
-        household_id = person[0]
+        # Counted where the plan counts grid members: under their (first) grid's village.
+        grid_village = grids[0][1]
+        _reach(batch, seq, "grid_member", row.target_id, grid_village, at, in_time, source, row.id)
+        for village_code in sorted({v for _g, v in grids}):
+            _reach(batch, seq, "village", village_code, village_code, at, in_time, source, row.id)
+    if batch.has_held(seq):
+        # Their later steps (a ladder has at most one sendable step; the rest are held).
+        _skip_steps(
+            batch, seq, [row.target_id], None, f"{row.target_id} acknowledged by {row.channel}"
+        )
+    if household_id:
         _reach(batch, seq, "household", household_id, village, at, in_time, source, row.id)
-        _skip_household_steps(batch, seq, household_id, f"household {household_id} reached")
+        if batch.has_household_steps(seq):
+            _skip_household_steps(batch, seq, household_id, f"household {household_id} reached")
 
 
 def _skip_steps(
@@ -1072,6 +1233,7 @@ def _skip_steps(
                 "UPDATE deliveries SET state = 'skipped', updated_at = ? WHERE id = ?",
                 (batch.now, step.id),
             )
+            batch.set_state(step, "skipped")
             batch.move(seq, step.state, "skipped")
             batch.event(
                 seq,
@@ -1229,6 +1391,17 @@ def _sweep(
 
 
 T = TypeVar("T")
+
+
+def _update_ids(
+    conn: sqlite3.Connection, assignments: str, params: tuple[Any, ...], ids: Sequence[int]
+) -> None:
+    """``UPDATE deliveries SET <assignments> WHERE id IN (<ids>)``, in chunks."""
+    for chunk in _chunks(ids, 900):
+        marks = ",".join("?" * len(chunk))
+        conn.execute(
+            f"UPDATE deliveries SET {assignments} WHERE id IN ({marks})", (*params, *chunk)
+        )
 
 
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
