@@ -28,16 +28,16 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plan_city import CITY, DATA, PeakRss, base_database, scaled  # noqa: E402
+from plan_city import CITY, DATA, PeakRss, base_database, scaled
 
-from dispatcher.adapter import Report, ReportState  # noqa: E402
-from dispatcher.adapter_config import build_adapter_specs  # noqa: E402
-from dispatcher.config import AdapterInstanceConfig, EngineConfig, load_policy  # noqa: E402
-from dispatcher.domain import Channel, Level, MsgType, Status, WarningRecord  # noqa: E402
-from dispatcher.engine.engine import Engine  # noqa: E402
-from dispatcher.logging_setup import configure_logging  # noqa: E402
-from dispatcher.planning_worker import PlanningWorker  # noqa: E402
-from dispatcher.store.sqlite import SqliteStore, connect  # noqa: E402
+from dispatcher.adapter import Report, ReportState
+from dispatcher.adapter_config import build_adapter_specs
+from dispatcher.config import AdapterInstanceConfig, EngineConfig, load_policy
+from dispatcher.domain import Channel, Level, MsgType, Status, WarningRecord
+from dispatcher.engine.engine import Engine
+from dispatcher.logging_setup import configure_logging
+from dispatcher.planning_worker import PlanningWorker
+from dispatcher.store.sqlite import SqliteStore, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 1000
@@ -182,9 +182,7 @@ def floor_dispatch(db: Path, warning_id: str) -> tuple[float, int]:
                 "updated_at = ? WHERE id = ?",
                 [(now + 600, now, r[0]) for r in rows],
             )
-            conn.execute(
-                "UPDATE delivery_state_counts SET n = n + 0 WHERE warning_seq = ?", (seq,)
-            )
+            conn.execute("UPDATE delivery_state_counts SET n = n + 0 WHERE warning_seq = ?", (seq,))
             conn.execute("COMMIT")
             if not rows:
                 break
@@ -198,8 +196,15 @@ def floor_dispatch(db: Path, warning_id: str) -> tuple[float, int]:
                 "adapter, reason, detail, target_id, channel, area_code) "
                 "VALUES (?, ?, ?, 'sent', 1, 'sms', '', ?, ?, ?, ?)",
                 [
-                    (now, warning_id, r[0], json.dumps({"address": "+8613800000000"}), r[1],
-                     r[2], r[3])
+                    (
+                        now,
+                        warning_id,
+                        r[0],
+                        json.dumps({"address": "+8613800000000"}),
+                        r[1],
+                        r[2],
+                        r[3],
+                    )
                     for r in rows
                 ],
             )
@@ -280,14 +285,22 @@ def main() -> int:
     floor_rate = floor_n / floor_s
     ack_rate = acks / ack_s
     floor_ack_rate = floor_acks_n / floor_ack_s
-    print(f"dispatch: {sent:,} deliveries in {dispatch_s:.2f} s = {rate:,.0f}/s "
-          f"(goal >= 10,000/s) {'OK' if rate >= 10_000 else 'MISSED'}")
-    print(f"  floor (bare SQL, same row changes): {floor_n:,} in {floor_s:.2f} s = "
-          f"{floor_rate:,.0f}/s; engine / floor time ratio {floor_rate / rate:.2f}x")
-    print(f"acks: {acks:,} in {ack_s:.2f} s = {ack_rate:,.0f}/s (goal >= 10,000/s) "
-          f"{'OK' if ack_rate >= 10_000 else 'MISSED'}")
-    print(f"  floor (bare SQL, state + event + reached): {floor_ack_rate:,.0f}/s; "
-          f"ratio {floor_ack_rate / ack_rate:.2f}x")
+    print(
+        f"dispatch: {sent:,} deliveries in {dispatch_s:.2f} s = {rate:,.0f}/s "
+        f"(goal >= 10,000/s) {'OK' if rate >= 10_000 else 'MISSED'}"
+    )
+    print(
+        f"  floor (bare SQL, same row changes): {floor_n:,} in {floor_s:.2f} s = "
+        f"{floor_rate:,.0f}/s; engine / floor time ratio {floor_rate / rate:.2f}x"
+    )
+    print(
+        f"acks: {acks:,} in {ack_s:.2f} s = {ack_rate:,.0f}/s (goal >= 10,000/s) "
+        f"{'OK' if ack_rate >= 10_000 else 'MISSED'}"
+    )
+    print(
+        f"  floor (bare SQL, state + event + reached): {floor_ack_rate:,.0f}/s; "
+        f"ratio {floor_ack_rate / ack_rate:.2f}x"
+    )
     print(f"peak RSS {peak / 2**20:.0f} MiB")
     return 0
 

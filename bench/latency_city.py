@@ -34,10 +34,10 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plan_city import CITY, DATA, base_database, scaled  # noqa: E402
+from plan_city import CITY, DATA, base_database, scaled
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "bench-duty-officer"
+TOKEN = "bench-duty-officer"  # noqa: S105 (a loopback bench daemon's token)
 
 CONFIG = """
 [server]
@@ -148,7 +148,7 @@ async def village_latencies(
 
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
 
 def describe(name: str, values: list[float], goal_ms: float) -> str:
@@ -163,7 +163,7 @@ def describe(name: str, values: list[float], goal_ms: float) -> str:
 
 async def run(db: Path, config: Path, port: int, samples: int) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOCSIN_")}
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 (once, before anything is measured)
         [sys.executable, "-m", "dispatcher.cli", "serve", "--config", str(config)],
         cwd=ROOT,
         env=env,
@@ -188,7 +188,8 @@ async def run(db: Path, config: Path, port: int, samples: int) -> None:
             villages = [
                 str(r[0])
                 for r in query(
-                    db, "SELECT code FROM areas WHERE level = 'village' ORDER BY code LIMIT ?",
+                    db,
+                    "SELECT code FROM areas WHERE level = 'village' ORDER BY code LIMIT ?",
                     (samples * 2,),
                 )
             ]

@@ -229,7 +229,12 @@ async def test_serve_post_plan_restart(tmp_path: Path) -> None:
     columns = [c[1] for c in conn.execute("PRAGMA table_info(warnings)")]
     copy = dict(zip(columns, row, strict=True))
     copy.update(
-        seq=None, id="crashed", identifier="crashed-1", planned_at=None, plan_stage=0, completed_at=None
+        seq=None,
+        id="crashed",
+        identifier="crashed-1",
+        planned_at=None,
+        plan_stage=0,
+        completed_at=None,
     )
     conn.execute(
         f"INSERT INTO warnings ({', '.join(copy)}) VALUES ({', '.join('?' * len(copy))})",
