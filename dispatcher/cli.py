@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dispatcher.cli_log import add_log_command
 from dispatcher.config import ConfigError, hash_token, load_config
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tocsin … | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,14 +108,26 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("warning_id")
     status.add_argument("--depth", default="county", choices=["county", "town", "village"])
     status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.add_argument(
+        "--watch",
+        type=_watch_seconds,
+        metavar="SECONDS",
+        help="show it again every SECONDS until the warning is complete (Ctrl-C stops)",
+    )
     _client_options(status)
     status.set_defaults(handler=_cmd_status)
+
+    from dispatcher import cli_adapters
+
+    cli_adapters.add_parser(sub)
 
     cancel = sub.add_parser("cancel", help="cancel a warning")
     cancel.add_argument("warning_id")
     cancel.add_argument("--note", default="")
     _client_options(cancel)
     cancel.set_defaults(handler=_cmd_cancel)
+
+    add_log_command(sub, client_options=_client_options, token=_token)
     return parser
 
 
@@ -121,7 +137,7 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from dispatcher.daemon import serve
+    from dispatcher.daemon import StartupError, serve
     from dispatcher.logging_setup import configure_logging
 
     config = load_config(args.config)
@@ -130,7 +146,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         settings = config.settings.model_copy(update={"server": server})
         config = config.__class__(**{**_fields(config), "settings": settings})
     configure_logging(config.settings.logging.level)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except StartupError as exc:
+        print(f"tocsin: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -255,19 +275,71 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     return 0 if status < 300 else 1
 
 
+def _watch_seconds(raw: str) -> float:
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not 0.2 <= seconds <= 86_400:
+        raise argparse.ArgumentTypeError("give a number of seconds from 0.2 to 86400")
+    return seconds
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
+    """The warning, its plan, progress and coverage; with --watch, again every N seconds
+    (the screen cleared first on a terminal) until every delivery is terminal."""
+    import time
+
+    from dispatcher.coverage_view import format_coverage, format_progress
+
     headers = {"Authorization": f"Bearer {_token(args)}"}
-    base = f"{args.url}/v1/warnings/{args.warning_id}"
-    status, warning = asyncio.run(_request("GET", base, headers, None))
-    if status >= 300:
-        print(json.dumps(warning, ensure_ascii=False, indent=2), file=sys.stderr)
-        return 1
-    _, plan = asyncio.run(_request("GET", f"{base}/plan?depth={args.depth}", headers, None))
-    if args.json:
-        print(json.dumps({"warning": warning, "plan": plan}, ensure_ascii=False, indent=2))
+    clear = args.watch is not None and sys.stdout.isatty()
+    try:
+        while True:
+            status, shown = asyncio.run(_status_parts(args, headers))
+            if status >= 300:
+                print(json.dumps(shown, ensure_ascii=False, indent=2), file=sys.stderr)
+                return 1
+            warning, plan, coverage = shown["warning"], shown["plan"], shown["coverage"]
+            if args.json:
+                text = json.dumps(shown, ensure_ascii=False, indent=None if args.watch else 2)
+            else:
+                parts = [_format_status(warning, plan)]
+                if warning.get("progress"):
+                    parts.append(format_progress(warning["progress"]))
+                if coverage is not None:
+                    parts.append(format_coverage(coverage))
+                text = "\n".join(parts)
+            if clear:
+                sys.stdout.write("\033[H\033[2J")
+            print(text, flush=True)
+            done = (warning.get("progress") or {}).get("complete") or warning.get(
+                "plan_status"
+            ) == "not_planned"
+            if args.watch is None or done:
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        if args.watch is None:
+            raise
         return 0
-    print(_format_status(warning, plan))
-    return 0
+
+
+async def _status_parts(
+    args: argparse.Namespace, headers: dict[str, str]
+) -> tuple[int, dict[str, Any]]:
+    base = f"{args.url}/v1/warnings/{args.warning_id}"
+    status, warning = await _request("GET", base, headers, None)
+    if status >= 300:
+        return status, warning
+    _, plan = await _request("GET", f"{base}/plan?depth={args.depth}", headers, None)
+    # A token that may not read coverage (a grid member's) still sees the rest.
+    shown, coverage = await _request("GET", f"{base}/coverage?depth={args.depth}", headers, None)
+    return status, {
+        "warning": warning,
+        "plan": plan,
+        "coverage": coverage if shown == 200 else None,
+    }
 
 
 def _format_status(warning: dict[str, Any], plan: dict[str, Any]) -> str:

@@ -10,6 +10,8 @@ from aiohttp import web
 from dispatcher.api import (
     routes_admin,
     routes_areas,
+    routes_coverage,
+    routes_log,
     routes_ops,
     routes_warnings_read,
     routes_warnings_write,
@@ -26,8 +28,10 @@ __all__ = ["ENDPOINTS", "ApiDeps", "create_app"]
 ENDPOINTS: tuple[Endpoint, ...] = (
     *routes_warnings_write.ENDPOINTS,
     *routes_warnings_read.ENDPOINTS,
+    *routes_coverage.ENDPOINTS,
     *routes_admin.ENDPOINTS,
     *routes_areas.ENDPOINTS,
+    *routes_log.ENDPOINTS,
     *routes_ops.ENDPOINTS,
 )
 
@@ -44,6 +48,7 @@ def create_app(deps: ApiDeps) -> web.Application:
     app[METRICS_KEY] = ApiMetrics(deps.registry)
     app[ENDPOINTS_KEY] = {endpoint.name: endpoint for endpoint in ENDPOINTS}
     app[OPENAPI_KEY] = build_openapi(ENDPOINTS)
+    routes_log.install(app)
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, endpoint.handler, name=endpoint.name)
     return app

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 
 from dispatcher.api.request_input import CAP_MEDIA_TYPES, IDEMPOTENCY_HEADER, JSON_MEDIA_TYPE
 from dispatcher.api.routing import Endpoint
-from dispatcher.domain import AreaLevel, DeviceKind, Status, WarningState
+from dispatcher.domain import AreaLevel, Channel, DeviceKind, Status, WarningState
+from dispatcher.log_query import DEFAULT_PAGE, LOG_STATES, MAX_ID_LENGTH, MAX_PAGE
 from dispatcher.warning_input import CancelRequest, WarningChange, WarningInput
 
 OPENAPI_KEY = web.AppKey("tocsin_openapi", dict[str, Any])
@@ -24,6 +25,8 @@ OPENAPI_KEY = web.AppKey("tocsin_openapi", dict[str, Any])
 Schema = dict[str, Any]
 
 _REF = "#/components/schemas/{model}"
+CSV_MEDIA_TYPE = "text/csv"
+EVENT_STREAM_MEDIA_TYPE = "text/event-stream"
 _MAX_CURSOR = 2**62
 
 
@@ -94,11 +97,105 @@ _DETAIL_PROPERTIES: dict[str, Schema] = {
     "created_by": _STRING,
     "plan_status": _ref("PlanStatus"),
     "delivery_counts": _COUNTS_BY_NAME,
+    "progress": _ref("WarningProgress"),
+    "coverage": _ref("CoverageTotals"),
 }
 _BY_AUDIENCE: Schema = {
     "type": "object",
     "description": "deliveries by audience, then by channel",
     "additionalProperties": _COUNTS_BY_NAME,
+}
+
+_MEASURE_NAMES = ("villages", "grid_members", "households", "persons")
+_UNREACHED_KINDS = ("village", "grid_member", "household", "person")
+_MEASURES: dict[str, Schema] = {name: _ref("CoverageMeasure") for name in _MEASURE_NAMES}
+_PERCENT: Schema = _nullable({"type": "number", "minimum": 0})
+#: Coverage (dispatcher/coverage_view.py; docs/coverage.md).
+_COVERAGE_SCHEMAS: dict[str, Schema] = {
+    "CoverageMeasure": {
+        **_object({"total": _COUNT, "reached": _COUNT, "percent": _PERCENT}),
+        "description": "How many the plan covers, how many were reached in time (grid members "
+        "and persons: acknowledged), and the share in percent with one decimal (null when "
+        "there are none)",
+    },
+    "CoverageCounts": _object(_MEASURES),
+    "LateCounts": {
+        **_object({name: _COUNT for name in _MEASURE_NAMES}),
+        "description": "Reached only after the warning expired: recorded, not counted",
+    },
+    "AreaCoverage": _object({**_AREA_PROPERTIES, **_MEASURES}),
+    "Coverage": _object(
+        {
+            "warning_id": _STRING,
+            "depth": {"type": "string", "enum": ["county", "town", "village"]},
+            "under": _nullable(_ref("AreaCoverage")),
+            "planned": {
+                "type": "boolean",
+                "description": "false while the plan is being made: the totals grow as its "
+                "stages commit",
+            },
+            "as_of": _DATETIME,
+            "totals": _ref("CoverageCounts"),
+            "late": _ref("LateCounts"),
+            "areas": {"type": "array", "items": _ref("AreaCoverage")},
+        }
+    ),
+    "CoverageTotals": _object({**_MEASURES, "late": _ref("LateCounts"), "as_of": _DATETIME}),
+    "WarningProgress": _object(
+        {
+            "total": _COUNT,
+            "terminal": {**_COUNT, "description": "deliveries in a terminal state"},
+            "percent_terminal": _PERCENT,
+            "complete": {
+                "type": "boolean",
+                "description": "every delivery is in a terminal state",
+            },
+            "completed_at": _nullable(_STRING),
+            "plan_stage": {**_COUNT, "description": "the last plan stage committed"},
+            "planned_at": _nullable(_STRING),
+            "states": _COUNTS_BY_NAME,
+        }
+    ),
+    "UnreachedItem": {
+        **_object(
+            {
+                "id": _STRING,
+                "village_code": _STRING,
+                "name": _STRING,
+                "grid_id": _nullable(_STRING),
+                "household_id": _nullable(_STRING),
+                "address": _nullable(_STRING),
+                "phone_masked": _nullable(_STRING),
+                "reached_late": {"type": "boolean"},
+            }
+        ),
+        "description": "A village (id = its code), grid member, household or person not reached "
+        "in time; phone numbers are masked",
+    },
+    "UnreachedPage": _object(
+        {
+            "warning_id": _STRING,
+            "kind": {"type": "string", "enum": list(_UNREACHED_KINDS)},
+            "area": _nullable(_STRING),
+            "items": {"type": "array", "items": _ref("UnreachedItem")},
+            "next": _nullable(
+                {"type": "string", "description": "pass as `after` for the following page"}
+            ),
+        }
+    ),
+    "HouseholdReachedResult": _object(
+        {
+            "result": {
+                "type": "string",
+                "enum": ["applied", "duplicate", "late"],
+                "description": "applied: counted now; duplicate: already reached, nothing "
+                "changed; late: recorded after the warning expired, not counted",
+            },
+            "reason": _STRING,
+            "warning_id": _STRING,
+            "household_id": _STRING,
+        }
+    ),
 }
 
 _RESPONSE_SCHEMAS: dict[str, Schema] = {
@@ -115,9 +212,14 @@ _RESPONSE_SCHEMAS: dict[str, Schema] = {
                     "field": _STRING,
                     "line": {"type": "integer"},
                     "limit": {"type": "integer"},
+                    "result": {
+                        "type": "string",
+                        "enum": ["rejected"],
+                        "description": "a refused household confirmation",
+                    },
                     "errors": {"type": "array", "items": _ref("FieldError")},
                 },
-                optional=("field", "line", "limit", "errors"),
+                optional=("field", "line", "limit", "errors", "result"),
             )
         }
     ),
@@ -240,6 +342,41 @@ _RESPONSE_SCHEMAS: dict[str, Schema] = {
         }
     ),
     "ServiceStatus": _object({"status": _STRING}),
+    **_COVERAGE_SCHEMAS,
+    "LogEvent": {
+        **_object(
+            {
+                "id": {"type": "integer", "minimum": 1},
+                "at": _DATETIME,
+                "warning_id": _STRING,
+                "delivery_id": _nullable({"type": "integer"}),
+                "state": _STRING,
+                "attempt": {"type": "integer"},
+                "adapter": _STRING,
+                "reason": _STRING,
+                "detail": {"type": "object"},
+                "target_id": _nullable(_STRING),
+                "channel": _nullable(_STRING),
+                "area_code": _nullable(_STRING),
+                "level": _nullable(_ref("Level")),
+            }
+        ),
+        "description": "One delivery-log event. delivery_id, target_id, channel and area_code "
+        "are null for an event about the whole warning (received, planned, cancelled …).",
+    },
+    "LogPage": _object(
+        {
+            "events": {"type": "array", "items": _ref("LogEvent")},
+            "order": {"type": "string", "enum": ["newest_first", "oldest_first"]},
+            "next": _nullable(
+                {
+                    "type": "integer",
+                    "description": "pass as `before` (newest first) or `after` (oldest first) "
+                    "for the following page",
+                }
+            ),
+        }
+    ),
 }
 
 _ERROR_DESCRIPTIONS = {
@@ -318,6 +455,236 @@ _EXAMPLE_WARNING = {
     "area_codes": ["611002000000"],
 }
 _LIMIT = {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}
+
+
+_LOG_CURSOR_AFTER = _query(
+    "after",
+    {"type": "integer", "minimum": 0, "maximum": _MAX_CURSOR},
+    "an event id: the events after it, oldest first",
+)
+_LOG_CURSOR_BEFORE = _query(
+    "before",
+    {"type": "integer", "minimum": 1, "maximum": _MAX_CURSOR},
+    "an event id: the events before it, newest first (the `next` of a page)",
+)
+
+
+def _log_filter_parameters() -> list[Schema]:
+    """The delivery log's filters (dispatcher.log_query.LogFilter); they combine with AND."""
+    text_id = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}
+    return [
+        _query("warning", text_id, "a warning's id"),
+        _query(
+            "area",
+            {"type": "string", "pattern": _AREA_CODE_PATTERN},
+            "an area code (12 digits, or 6 for GB2260): events whose target lies in it or "
+            "beneath it",
+        ),
+        _query("level", _ref("Level"), "the warning's level"),
+        _query("person", text_id, "a person's id"),
+        _query("device", text_id, "a device's id"),
+        _query("channel", {"type": "string", "enum": [c.value for c in Channel]}, "a channel"),
+        _query("state", {"type": "string", "enum": list(LOG_STATES)}, "the state recorded"),
+        _query("since", _DATETIME, "RFC 3339 with offset: events at or after this time"),
+        _query("until", _DATETIME, "RFC 3339 with offset: events before this time"),
+    ]
+
+
+def _log_operations() -> dict[str, Schema]:
+    bad_filter = _error(400, "A malformed filter, cursor or limit; `field` names it")
+    return {
+        "listLog": {
+            "tags": ["log"],
+            "summary": "The delivery log: a page of events, newest first (or oldest first "
+            "after `after`)",
+            "description": "Every attempt, outcome, retry, acknowledgement, escalation, expiry "
+            "and cancellation. Without `after`, newest first; pass `next` as `before` for "
+            "older events. With `after`, oldest first; pass `next` as `after`. docs/log.md.",
+            "parameters": [
+                *_log_filter_parameters(),
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
+                    "page size",
+                ),
+                _LOG_CURSOR_BEFORE,
+                _LOG_CURSOR_AFTER,
+            ],
+            "responses": {"200": _json("A page of events", "LogPage"), "400": bad_filter},
+        },
+        "exportLogCsv": {
+            "tags": ["log"],
+            "summary": "The delivery log as CSV: every matching event, oldest first",
+            "description": "UTF-8 with a byte-order mark, a header row and CRLF line ends; text "
+            "cells that a spreadsheet would read as a formula (starting with = + - @) get a "
+            "leading apostrophe. The export ends at the newest event when it starts; `after` "
+            "and `before` bound it.",
+            "parameters": [*_log_filter_parameters(), _LOG_CURSOR_BEFORE, _LOG_CURSOR_AFTER],
+            "responses": {
+                "200": {
+                    "description": "CSV, streamed",
+                    "headers": {
+                        "Content-Disposition": {
+                            "schema": _STRING,
+                            "required": True,
+                            "description": 'attachment; filename="tocsin-log-….csv"',
+                        }
+                    },
+                    "content": {CSV_MEDIA_TYPE: {"schema": _STRING}},
+                },
+                "400": bad_filter,
+            },
+        },
+        "streamLog": {
+            "tags": ["log"],
+            "summary": "Follow the delivery log live (server-sent events)",
+            "description": "First the events after `Last-Event-ID` (or `after`), then each new "
+            "event as it is written: `id: <event id>`, `event: delivery`, `data: <LogEvent "
+            "JSON>`. A comment line every 15 s keeps the connection alive. Without either "
+            "cursor the stream starts at the newest event. It ends when the server stops; an "
+            "EventSource reconnects with Last-Event-ID and misses nothing.",
+            "parameters": [
+                *_log_filter_parameters(),
+                _LOG_CURSOR_AFTER,
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                    "description": "the last event id received (an EventSource sends it when it "
+                    "reconnects); wins over `after`",
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "An event stream; each event's data is a LogEvent",
+                    "content": {
+                        EVENT_STREAM_MEDIA_TYPE: {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "event": {"const": "delivery"},
+                                    "id": {"type": "string", "pattern": "^[0-9]+$"},
+                                    "data": {
+                                        "type": "string",
+                                        "contentMediaType": JSON_MEDIA_TYPE,
+                                        "contentSchema": _ref("LogEvent"),
+                                    },
+                                },
+                                "required": ["event", "id", "data"],
+                            }
+                        }
+                    },
+                },
+                "400": bad_filter,
+            },
+        },
+    }
+
+
+def _coverage_operations() -> dict[str, Schema]:
+    area = {"type": "string", "pattern": _AREA_CODE_PATTERN}
+    return {
+        "getCoverage": {
+            "tags": ["warnings"],
+            "summary": "The warning's coverage: villages, grid members, households and persons "
+            "reached, per area",
+            "description": "Counts and percentages for the whole warning and per area at "
+            "`depth`, beneath `under` when given; acknowledgements after expiry are counted "
+            "apart (`late`). docs/coverage.md.",
+            "parameters": [
+                _ID_PARAMETER,
+                _query(
+                    "depth",
+                    {"type": "string", "enum": ["county", "town", "village"], "default": "county"},
+                    "the level of the areas listed",
+                ),
+                _query(
+                    "under",
+                    area,
+                    "an area code (12 digits, or 6 for GB2260): list only the areas at `depth` "
+                    "that are it or lie beneath it",
+                ),
+            ],
+            "responses": {
+                "200": _json("The coverage", "Coverage"),
+                "400": _error(400, "A malformed parameter, or an `under` that is no area"),
+                "404": _error(404),
+            },
+        },
+        "listUnreached": {
+            "tags": ["warnings"],
+            "summary": "Those the warning has not reached (in time): a page, by village then id",
+            "parameters": [
+                _ID_PARAMETER,
+                _query(
+                    "kind",
+                    {"type": "string", "enum": list(_UNREACHED_KINDS), "default": "person"},
+                    "what to list",
+                ),
+                _query("area", area, "only in this area or beneath it"),
+                _query(
+                    "after",
+                    {"type": "string", "minLength": 1, "maxLength": 220},
+                    "the `next` of the previous page",
+                ),
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                    "page size",
+                ),
+            ],
+            "responses": {
+                "200": _json("A page", "UnreachedPage"),
+                "400": _error(400, "A malformed parameter or cursor, or an `area` that is no area"),
+                "404": _error(404),
+            },
+        },
+        "confirmHouseholdReached": {
+            "tags": ["warnings"],
+            "summary": "A grid member marks a household reached door-to-door",
+            "description": "Only for a household of a grid the token's person serves, in the "
+            "warning's areas. Idempotent: a second confirmation answers `duplicate`. Every "
+            "confirmation is written to the audit log.",
+            "parameters": [
+                _ID_PARAMETER,
+                {
+                    "name": "household_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "description": "the household's id in the directory",
+                },
+            ],
+            "requestBody": {
+                "required": False,
+                "content": {
+                    JSON_MEDIA_TYPE: {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"note": {"type": "string", "maxLength": 500}},
+                            "additionalProperties": False,
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json("Recorded (or already known)", "HouseholdReachedResult"),
+                "400": _error(400),
+                "403": _error(
+                    403,
+                    "The token's role may not call this endpoint, names no person, or its "
+                    "person is not a grid member of the household's grid",
+                ),
+                "404": _error(404, "No such warning or household"),
+                "409": _error(409, "The engine refused it: the directory or warning changed"),
+                "413": _error(413),
+                "415": _error(415),
+                "422": _error(422, "A malformed body, or a household outside the warning's areas"),
+                "503": _error(503, "No engine runs to record it"),
+            },
+        },
+    }
 
 
 def _write_operation(
@@ -516,6 +883,8 @@ def _operations() -> dict[str, Schema]:
                 "404": _error(404, "No such area"),
             },
         },
+        **_log_operations(),
+        **_coverage_operations(),
         "healthz": {
             "tags": ["operations"],
             "summary": "Liveness: the process answers",
@@ -606,7 +975,7 @@ def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
                 operation.get("description", "") + f"\n\nRoles: {roles}."
             ).strip()
             responses["401"] = _error(401)
-            responses["403"] = _error(403)
+            responses.setdefault("403", _error(403))
         operation["responses"] = dict(sorted(responses.items()))
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
 
@@ -622,6 +991,7 @@ def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
             {"name": "warnings"},
             {"name": "audit"},
             {"name": "directory"},
+            {"name": "log"},
             {"name": "operations"},
         ],
         "paths": paths,

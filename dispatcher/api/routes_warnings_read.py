@@ -11,6 +11,7 @@ from dispatcher.api.deps import DEPS_KEY
 from dispatcher.api.errors import ApiError
 from dispatcher.api.request_input import query_enum, query_int
 from dispatcher.api.responses import json_response
+from dispatcher.api.routes_coverage import progress_and_coverage
 from dispatcher.api.routing import ANY_ROLE, Endpoint
 from dispatcher.api.views import event_view, warning_detail, warning_summary
 from dispatcher.cap import to_cap_xml
@@ -85,7 +86,8 @@ async def get_warning(request: web.Request) -> web.Response:
     warning = await _warning_or_404(store, request.match_info["id"])
     status = await plan_status(store, warning)
     counts = await store.delivery_state_counts(warning.id)
-    return json_response(warning_detail(warning, plan_status=status.value, delivery_counts=counts))
+    detail = warning_detail(warning, plan_status=status.value, delivery_counts=counts)
+    return json_response({**detail, **await progress_and_coverage(store, warning.id)})
 
 
 async def get_warning_cap(request: web.Request) -> web.Response:

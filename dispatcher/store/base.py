@@ -7,11 +7,13 @@ implementation satisfies the same protocol. Planning SQL is produced by
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dispatcher.domain import WarningRecord, WarningState
+from dispatcher.log_query import LogEvent, LogFilter
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +84,53 @@ class DuplicateWarning(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class VillageRange:
+    """Covered villages whose code is in ``(after, upto]``; None leaves that end open."""
+
+    after: str | None = None
+    upto: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanStage:
+    """One stage of a warning's plan, committed by the store in its own write transaction
+    (:mod:`dispatcher.planner` builds them; :meth:`Store.execute_plan` runs one)."""
+
+    #: 1, 2, …; ``warnings.plan_stage`` is the last one committed.
+    number: int
+    #: ``INSERT … SELECT`` statements into ``deliveries``.
+    statements: tuple[SqlStatement, ...]
+    #: Write ``coverage_targets`` for the covered villages in this range (None: none).
+    coverage: VillageRange | None = None
+    #: The plan's last stage: it sets ``planned_at`` and logs the "planned" event.
+    last: bool = False
+    #: What the stage plans, for logs.
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class PlanResult:
+    """What planning did: one stage (:meth:`Store.execute_plan`) or a whole warning
+    (:meth:`dispatcher.planning_worker.PlanningWorker.plan_now`)."""
+
     warning_id: str
+    #: Delivery rows written by this call (one stage's, or every stage's of this plan run).
     deliveries: int
+    #: One stage: how long its write transaction held the writer. A whole plan: wall time
+    #: from its start to its last stage committed.
     seconds: float
-    #: Whether the warning was planned by this call (False: already planned or not active).
+    #: Whether the warning is planned completely now: this call committed its last stage.
     planned: bool
+    #: ``warnings.plan_stage`` after the call: the last stage committed (0: none yet).
+    stage: int = 0
+    #: Whether this call committed a stage (False: the stage was committed before, or the
+    #: warning is stopped).
+    committed: bool = False
+    #: Planning must stop: the warning is not active (cancelled, superseded, expired),
+    #: already planned, or unknown.
+    stopped: bool = False
+    #: Delivery rows of the warning's whole plan, every stage counted (set by the last stage).
+    total_deliveries: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +155,140 @@ class DeliveryEvent:
     adapter: str
     reason: str
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+# -- coverage ------------------------------------------------------------------------------
+class CoverageKind(enum.StrEnum):
+    """What coverage counts (DESIGN.md, "Coverage roll-up"), in the order reports show them."""
+
+    VILLAGE = "village"
+    GRID_MEMBER = "grid_member"
+    HOUSEHOLD = "household"
+    PERSON = "person"
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """How many there are (the plan's denominators) and how many were reached in time."""
+
+    total: int = 0
+    reached: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageCounts:
+    villages: Tally = Tally()
+    grid_members: Tally = Tally()
+    households: Tally = Tally()
+    persons: Tally = Tally()
+
+    def by_kind(self) -> dict[CoverageKind, Tally]:
+        return {
+            CoverageKind.VILLAGE: self.villages,
+            CoverageKind.GRID_MEMBER: self.grid_members,
+            CoverageKind.HOUSEHOLD: self.households,
+            CoverageKind.PERSON: self.persons,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AreaCoverage:
+    area: AreaRow
+    counts: CoverageCounts
+
+
+@dataclass(frozen=True, slots=True)
+class WarningCoverage:
+    """A warning's coverage: the whole warning, one row per area at ``depth`` (beneath
+    ``under`` when given, ``under`` itself included when it is at that depth), and ``under``'s
+    own counts."""
+
+    warning_id: str
+    #: None: the totals only (``areas`` is empty).
+    depth: str | None
+    totals: CoverageCounts
+    areas: list[AreaCoverage]
+    under: AreaCoverage | None
+    #: Acknowledgements recorded after the warning expired, by kind: not counted above.
+    late: dict[CoverageKind, int]
+    #: When it was read (unix seconds).
+    as_of: float
+    #: The plan is complete; while it is being made, the totals grow as its stages commit.
+    planned: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class UnreachedItem:
+    """One village, grid member, household or person of the warning not reached (in time)."""
+
+    kind: CoverageKind
+    id: str
+    village_code: str
+    #: A village's, grid member's or person's name ('' for a household).
+    name: str = ""
+    #: A grid member's (first) grid, or a household's grid.
+    grid_id: str | None = None
+    #: A person's household.
+    household_id: str | None = None
+    #: A household's address.
+    address: str | None = None
+    #: A grid member's or person's primary number, masked (+86138****0001).
+    phone_masked: str | None = None
+    #: Reached, but only after the warning expired (so not counted as reached).
+    reached_late: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UnreachedPage:
+    items: list[UnreachedItem]
+    #: Pass as ``after`` for the next page; None on the last page.
+    next: str | None
+
+
+class InvalidCursor(ValueError):
+    """An ``after`` cursor that no unreached page handed out."""
+
+
+@dataclass(frozen=True, slots=True)
+class WarningProgress:
+    """How far a warning's deliveries have got (``delivery_state_counts``) and its plan."""
+
+    warning_id: str
+    #: Deliveries by state (states with none left out).
+    states: dict[str, int]
+    total: int
+    #: Deliveries in a terminal state (dispatcher.domain.TERMINAL_DELIVERY_STATES).
+    terminal: int
+    #: Every delivery is in a terminal state (``warnings.completed_at`` is set).
+    complete: bool
+    completed_at: str | None
+    #: The last plan stage committed, and when the last one was (None: still planning).
+    plan_stage: int
+    planned_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmationCheck:
+    """Whether a grid member may mark a household of a warning reached (read before the
+    confirmation goes to the engine, which checks again)."""
+
+    warning_known: bool
+    household_known: bool
+    #: The person is a grid member of the household's grid.
+    member: bool
+    #: The household lies in the warning's areas.
+    covered: bool
+    grid_id: str | None = None
+    village_code: str | None = None
+
+
+def mask_phone(phone: str | None) -> str | None:
+    """A number as lists of unreached people show it: +8613800000001 → +86138****0001."""
+    if not phone:
+        return None
+    if len(phone) < 9:
+        return "****" + phone[-2:]
+    return phone[:6] + "****" + phone[-4:]
 
 
 class Store(Protocol):
@@ -190,11 +367,14 @@ class Store(Protocol):
 
     async def unplanned_warning_ids(self) -> list[str]: ...
 
-    async def execute_plan(
-        self, warning_id: str, statements: Sequence[SqlStatement], *, now: float
-    ) -> PlanResult:
-        """Run the planner's statements and record the plan, in one transaction, unless the
-        warning is already planned or no longer active."""
+    async def execute_plan(self, warning_id: str, stage: PlanStage, *, now: float) -> PlanResult:
+        """Commit one stage of the warning's plan in one write transaction: its deliveries,
+        their rowid range, increments of ``plan_counts`` and ``delivery_state_counts``, its
+        ``coverage_targets`` and ``warnings.plan_stage``; the last stage also ``planned_at``
+        and the "planned" event. Stages run in order: a stage already committed is skipped
+        (``committed`` False), one out of order raises ValueError. Nothing is written when
+        the warning is no longer active or already planned (``stopped``): a Cancel or Update
+        between two stages ends the plan."""
 
     async def plan_counts(self, warning_id: str) -> list[PlanCountRow]: ...
 
@@ -210,3 +390,49 @@ class Store(Protocol):
     ) -> None: ...
 
     async def list_audit(self, *, limit: int, before_id: int | None = None) -> list[AuditEntry]: ...
+
+    # -- delivery log ------------------------------------------------------------------------
+    async def log_events(
+        self,
+        query: LogFilter,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int,
+    ) -> list[LogEvent]:
+        """Up to ``limit`` delivery events matching ``query`` with ``after < id < before``:
+        oldest first when ``after`` is given, else newest first. Reads through an index in
+        id order, never sorting everything that matches (dispatcher/store/sqlite_log.py)."""
+
+    async def log_last_id(self) -> int:
+        """The id of the newest delivery event (0 when there is none)."""
+
+    # -- coverage ----------------------------------------------------------------------------
+    async def coverage(
+        self, warning_id: str, *, depth: str | None, under: str | None = None
+    ) -> WarningCoverage | None:
+        """The warning's coverage per area at ``depth`` (county, town or village; None: no
+        areas), beneath ``under`` when given, with totals and late acknowledgements. Summed from
+        ``coverage_targets`` and ``coverage_counts`` (one row per village and kind), never from
+        deliveries or ``reached``: the cost is the number of villages, not of people. None
+        when there is no such warning."""
+
+    async def unreached(
+        self,
+        warning_id: str,
+        kind: CoverageKind,
+        *,
+        area: str | None = None,
+        after: str | None = None,
+        limit: int,
+    ) -> UnreachedPage | None:
+        """Up to ``limit`` of the warning's ``kind`` not reached in time, in (village, id)
+        order, in ``area`` or beneath it when given; ``after`` is the ``next`` of the previous
+        page (InvalidCursor when it is not one). None when there is no such warning."""
+
+    async def progress(self, warning_id: str) -> WarningProgress | None:
+        """Deliveries by state, how many are terminal, completion and plan stage."""
+
+    async def check_household_confirmation(
+        self, warning_id: str, household_id: str, person_id: str
+    ) -> ConfirmationCheck: ...

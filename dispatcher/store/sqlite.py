@@ -36,10 +36,11 @@ from dispatcher.store.base import (
     IdempotencyConflict,
     PlanCountRow,
     PlanResult,
-    SqlStatement,
+    PlanStage,
 )
 from dispatcher.store.migrations import migrate_sqlite
 from dispatcher.store.sqlite_base import SqliteConnections
+from dispatcher.store.sqlite_coverage import SqliteCoverageQueries
 from dispatcher.store.sqlite_engine import SqliteEngineOps
 from dispatcher.store.sqlite_log import SqliteLogQueries
 from dispatcher.store.sqlite_stop import log_warning_event as _log_warning_event
@@ -94,7 +95,7 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
-class SqliteStore(SqliteEngineOps, SqliteLogQueries, SqliteConnections):
+class SqliteStore(SqliteEngineOps, SqliteLogQueries, SqliteCoverageQueries, SqliteConnections):
     """The :class:`dispatcher.store.base.Store` on one SQLite file."""
 
     @classmethod
@@ -479,54 +480,21 @@ class SqliteStore(SqliteEngineOps, SqliteLogQueries, SqliteConnections):
 
         return await self._read(run)
 
-    async def execute_plan(
-        self, warning_id: str, statements: Sequence[SqlStatement], *, now: float
-    ) -> PlanResult:
+    async def execute_plan(self, warning_id: str, stage: PlanStage, *, now: float) -> PlanResult:
+        from dataclasses import replace
+
         def run(conn: sqlite3.Connection) -> PlanResult:
             started = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                row = conn.execute(
-                    "SELECT state, planned_at FROM warnings WHERE id = ?", (warning_id,)
-                ).fetchone()
-                if row is None or row[0] != WarningState.ACTIVE or row[1] is not None:
-                    conn.execute("ROLLBACK")
-                    return PlanResult(warning_id, 0, time.perf_counter() - started, False)
-                (first_id,) = conn.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()
-                for statement in statements:
-                    conn.execute(statement.sql, statement.params)
-                (last_id,) = conn.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()
-                # The new rows are one contiguous rowid range: counting them is a sequential
-                # scan of pages still in cache, not a second pass over the directory.
-                conn.execute(
-                    "INSERT INTO plan_counts (warning_id, area_code, audience, channel, count) "
-                    "SELECT ?, area_code, audience, channel, count(*) FROM deliveries "
-                    "WHERE id > ? AND id <= ? GROUP BY area_code, audience, channel",
-                    (warning_id, first_id, last_id),
-                )
-                conn.execute(
-                    "INSERT INTO delivery_state_counts (warning_seq, state, n) "
-                    f"SELECT {_SEQ_OF}, state, count(*) FROM deliveries "
-                    "WHERE id > ? AND id <= ? GROUP BY state "
-                    "ON CONFLICT (warning_seq, state) DO UPDATE SET n = n + excluded.n",
-                    (warning_id, first_id, last_id),
-                )
-                count = int(last_id) - int(first_id)
-                if count:
-                    conn.execute(
-                        "INSERT INTO delivery_ranges (warning_seq, first_id, last_id) "
-                        f"VALUES ({_SEQ_OF}, ?, ?)",
-                        (warning_id, first_id + 1, last_id),
-                    )
-                conn.execute(
-                    "UPDATE warnings SET planned_at = ? WHERE id = ?", (_iso(now), warning_id)
-                )
-                _log_warning_event(conn, warning_id, "planned", now, {"deliveries": count})
+                result = _plan_stage_tx(conn, warning_id, stage, now, started)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
-            return PlanResult(warning_id, count, time.perf_counter() - started, True)
+            conn.execute("COMMIT" if result.committed else "ROLLBACK")
+            if result.committed:
+                return replace(result, seconds=time.perf_counter() - started)
+            return result
 
         return await self._write(run)
 
@@ -644,3 +612,118 @@ def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+
+
+# -- planning ---------------------------------------------------------------------------------
+# The warning's covered villages: areas of level village under any of its target codes.
+_COVERED_VILLAGES = (
+    "SELECT DISTINCT c.descendant AS code FROM area_closure c "
+    "JOIN areas a ON a.code = c.descendant "
+    "WHERE c.ancestor IN (SELECT wa.area_code FROM warning_areas wa WHERE wa.warning_id = ?) "
+    "AND a.level = 'village'"
+)
+# Coverage denominators per covered village, each counted through an index without reading
+# table rows (grids_village, grid_members' key, households_grid, persons_village).
+_COVERAGE_TARGETS = (
+    "INSERT INTO coverage_targets (warning_seq, village_code, grid_members, households, "
+    "persons) SELECT ?, v.code, "
+    "(SELECT count(DISTINCT gm.person_id) FROM grids g "
+    "JOIN grid_members gm ON gm.grid_id = g.id WHERE g.village_code = v.code), "
+    "(SELECT count(*) FROM grids g JOIN households h ON h.grid_id = g.id "
+    "WHERE g.village_code = v.code), "
+    "(SELECT count(*) FROM persons p WHERE p.village_code = v.code) "
+    "FROM ({villages}) v WHERE 1 "
+    "ON CONFLICT (warning_seq, village_code) DO NOTHING"
+)
+
+
+def _plan_stage_tx(
+    conn: sqlite3.Connection, warning_id: str, stage: PlanStage, now: float, started: float
+) -> PlanResult:
+    """One stage of a plan inside the caller's write transaction; ``committed`` says whether
+    the caller should commit."""
+    row = conn.execute(
+        "SELECT seq, state, planned_at, plan_stage FROM warnings WHERE id = ?", (warning_id,)
+    ).fetchone()
+    if row is None or row[1] != WarningState.ACTIVE or row[2] is not None:
+        stage_now = 0 if row is None else int(row[3])
+        return PlanResult(
+            warning_id, 0, time.perf_counter() - started, False, stage=stage_now, stopped=True
+        )
+    seq, done = int(row[0]), int(row[3])
+    if stage.number <= done:
+        return PlanResult(warning_id, 0, time.perf_counter() - started, False, stage=done)
+    if stage.number != done + 1:
+        raise ValueError(
+            f"plan stage {stage.number} of warning {warning_id} after stage {done}: "
+            "stages run in order"
+        )
+    count = 0
+    if stage.statements:
+        (first_id,) = conn.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()
+        for statement in stage.statements:
+            conn.execute(statement.sql, statement.params)
+        (last_id,) = conn.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()
+        count = int(last_id) - int(first_id)
+    if count:
+        # The stage's rows are one contiguous rowid range (one writer, one transaction):
+        # counting them is a sequential scan of pages still in cache.
+        conn.execute(
+            "INSERT INTO plan_counts (warning_id, area_code, audience, channel, count) "
+            "SELECT ?, area_code, audience, channel, count(*) FROM deliveries "
+            "WHERE id > ? AND id <= ? GROUP BY area_code, audience, channel "
+            "ON CONFLICT (warning_id, area_code, audience, channel) "
+            "DO UPDATE SET count = count + excluded.count",
+            (warning_id, first_id, last_id),
+        )
+        conn.execute(
+            "INSERT INTO delivery_state_counts (warning_seq, state, n) "
+            "SELECT ?, state, count(*) FROM deliveries WHERE id > ? AND id <= ? GROUP BY state "
+            "ON CONFLICT (warning_seq, state) DO UPDATE SET n = n + excluded.n",
+            (seq, first_id, last_id),
+        )
+        conn.execute(
+            "INSERT INTO delivery_ranges (warning_seq, first_id, last_id) VALUES (?, ?, ?)",
+            (seq, first_id + 1, last_id),
+        )
+    if stage.coverage is not None:
+        villages = _COVERED_VILLAGES
+        params: list[Any] = [seq, warning_id]
+        if stage.coverage.after is not None:
+            villages += " AND c.descendant > ?"
+            params.append(stage.coverage.after)
+        if stage.coverage.upto is not None:
+            villages += " AND c.descendant <= ?"
+            params.append(stage.coverage.upto)
+        conn.execute(_COVERAGE_TARGETS.format(villages=villages), params)
+    total = 0
+    if stage.last:
+        # The plan's own rows: the engine's visit tasks (added to the same warning while it
+        # is planned) are not part of it.
+        (total,) = conn.execute(
+            "SELECT coalesce(sum(count), 0) FROM plan_counts "
+            "WHERE warning_id = ? AND audience != 'visit'",
+            (warning_id,),
+        ).fetchone()
+        conn.execute(
+            "UPDATE warnings SET plan_stage = ?, planned_at = ? WHERE seq = ?",
+            (stage.number, _iso(now), seq),
+        )
+        _log_warning_event(
+            conn,
+            warning_id,
+            "planned",
+            now,
+            {"deliveries": int(total), "plan_stage": stage.number},
+        )
+    else:
+        conn.execute("UPDATE warnings SET plan_stage = ? WHERE seq = ?", (stage.number, seq))
+    return PlanResult(
+        warning_id,
+        count,
+        time.perf_counter() - started,
+        stage.last,
+        stage=stage.number,
+        committed=True,
+        total_deliveries=int(total),
+    )
