@@ -254,3 +254,39 @@ async def test_serve_post_plan_restart(tmp_path: Path) -> None:
     finally:
         code, output = daemon.stop(signal.SIGINT)
     assert code == 0, output
+
+
+async def test_a_second_daemon_on_the_same_store_is_refused(tmp_path: Path) -> None:
+    """The engine takes back every leased delivery at start; a second daemon on the same store
+    would resend what the first is sending, so it must not start."""
+    port = _free_port()
+    config = _config(tmp_path, port)
+    daemon = Daemon(config, port)
+    await daemon.start()
+    try:
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dispatcher.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                "0",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 1
+        assert "another tocsin daemon is running on" in second.stderr
+        assert "Traceback" not in second.stderr
+        # The first one is unharmed.
+        status, _, _ = await _call("GET", f"{daemon.url}/v1/warnings", OPERATOR)
+        assert status == 200
+    finally:
+        code, _ = daemon.stop()
+    assert code == 0

@@ -44,6 +44,8 @@ PRIORITIES: tuple[int, ...] = tuple(
     )
 )
 SWEEP_INTERVAL = 0.5
+#: Warnings whose texts are kept in memory for rendering messages.
+_CONTENT_CACHE = 256
 #: How long a channel with no usable adapter waits before falling over its next batch.
 FALLOVER_INTERVAL = 1.0
 
@@ -358,7 +360,11 @@ class Engine:
             self.wake()
 
     async def _warning_contents(self, seqs: Iterable[int]) -> dict[int, WarningContent]:
-        missing = {s for s in seqs if s not in self._contents}
+        wanted = set(seqs)
+        missing = {s for s in wanted if s not in self._contents}
+        if missing and len(self._contents) >= _CONTENT_CACHE:
+            # Old warnings' texts: keep only those of this batch (re-read when needed again).
+            self._contents = {s: c for s, c in self._contents.items() if s in wanted}
         if missing:
             self._contents.update(await self._store.warning_contents(missing))
         return self._contents

@@ -5,6 +5,7 @@ anything (or flooding the log), and door-to-door confirmations by grid members."
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from datetime import timedelta
 
@@ -59,7 +60,11 @@ async def test_a_report_by_provider_reference(tocsin: MakeTocsin) -> None:
     ((reference,),) = t.rows("SELECT reference FROM delivery_refs WHERE delivery_id = ?", (sms.id,))
     assert reference == f"sim-sms-{sms.id}-1"
 
-    wrong_adapter = await t.engine.intake.submit_and_wait(ack("voice", reference=reference))
+    # Received long ago: an unknown reference is rejected at once instead of waiting for the
+    # send's outcome to record it (see the test below).
+    wrong_adapter = await t.engine.intake.submit_and_wait(
+        AdapterAck("voice", Report(ReportState.ACKNOWLEDGED, reference=reference), time.time() - 60)
+    )
     delivered = await t.engine.intake.submit_and_wait(
         ack("sms", reference=reference, state=ReportState.DELIVERED)
     )
@@ -316,3 +321,59 @@ async def test_a_failure_reported_after_acceptance_retries_or_moves_the_ladder_o
     )
     assert t.delivery(w.id, "p02", "sms").attempts == 2
     await t.assert_counts_consistent(w.id)
+
+
+async def test_a_report_that_overtakes_its_send_outcome_waits_for_the_reference(
+    tocsin: MakeTocsin,
+) -> None:
+    """A provider callback naming a reference the store does not know yet is retried for a
+    while (the send's outcome records the reference), then rejected if it never appears."""
+    t = tocsin(
+        {"sms": sim(["sms"], **QUIET)}, policy=policy(**LONG, rules=[rule("everyone", "sms")])
+    )
+    w = await t.warn((VILLAGE_A1a,))
+    await t.start()
+    sms = await t.wait_state(w.id, "p02", "sms", "sent")
+    conn = sqlite3.connect(t.db)
+    conn.execute("DELETE FROM delivery_refs WHERE delivery_id = ?", (sms.id,))
+    conn.commit()
+
+    pending = asyncio.ensure_future(t.engine.intake.submit_and_wait(ack("sms", reference="SMlate")))
+    await asyncio.sleep(0.3)
+    assert not pending.done()  # parked, not rejected
+    conn.execute(
+        "INSERT INTO delivery_refs (adapter, reference, delivery_id) VALUES ('sms', 'SMlate', ?)",
+        (sms.id,),
+    )
+    conn.commit()
+    conn.close()
+    outcome = await asyncio.wait_for(pending, 5)
+    assert outcome.result is AckResult.APPLIED
+    assert outcome.delivery_id == sms.id
+    assert t.state(w.id, "p02", "sms") == "acknowledged"
+
+    # Never known: rejected once the grace period is over (received 29.5 s ago here).
+    stale = AdapterAck(
+        "sms", Report(ReportState.ACKNOWLEDGED, reference="SMnever"), time.time() - 29.5
+    )
+    never = await asyncio.wait_for(t.engine.intake.submit_and_wait(stale), 5)
+    assert never.result is AckResult.REJECTED
+
+
+async def test_one_report_that_cannot_be_applied_does_not_hold_back_the_others(
+    tocsin: MakeTocsin,
+) -> None:
+    t = tocsin(
+        {"sms": sim(["sms"], **QUIET)}, policy=policy(**LONG, rules=[rule("everyone", "sms")])
+    )
+    w = await t.warn((VILLAGE_A1a,))
+    await t.start()
+    sms = await t.wait_state(w.id, "p02", "sms", "sent")
+    # A buggy adapter's report whose delivery id is not a number: applying it raises.
+    poison = t.engine.intake.submit_and_wait(ack("sms", delivery_id="not-a-number"))
+    good = t.engine.intake.submit_and_wait(ack("sms", delivery_id=sms.id))
+    bad_outcome, good_outcome = await asyncio.wait_for(asyncio.gather(poison, good), 10)
+    assert bad_outcome.result is AckResult.REJECTED
+    assert "cannot be recorded" in bad_outcome.reason
+    assert good_outcome.result is AckResult.APPLIED
+    assert t.state(w.id, "p02", "sms") == "acknowledged"
