@@ -28,12 +28,12 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plan_city import CITY, DATA, PeakRss, base_database, scaled
+from plan_city import DATA, PeakRss, base_database, red_warning, scaled
 
 from dispatcher.adapter import Report, ReportState
 from dispatcher.adapter_config import build_adapter_specs
 from dispatcher.config import AdapterInstanceConfig, EngineConfig, load_policy
-from dispatcher.domain import Channel, Level, MsgType, Status, WarningRecord
+from dispatcher.domain import Channel, WarningRecord
 from dispatcher.engine.engine import Engine
 from dispatcher.logging_setup import configure_logging
 from dispatcher.planning_worker import PlanningWorker
@@ -45,25 +45,7 @@ OPEN = ("pending", "retry_wait", "sending")
 
 
 def city_warning() -> WarningRecord:
-    from datetime import UTC, datetime, timedelta
-
-    now = datetime.now(UTC)
-    ident = f"bench-dispatch-{time.time_ns()}"
-    return WarningRecord(
-        id=ident,
-        identifier=ident,
-        sender="bench@tocsin",
-        sent=now,
-        status=Status.EXERCISE,
-        msg_type=MsgType.ALERT,
-        level=Level.RED,
-        event="暴雨",
-        headline="暴雨红色预警",
-        description="",
-        instruction="",
-        area_codes=(CITY,),
-        expires=now + timedelta(hours=6),
-    )
+    return red_warning(f"bench-dispatch-{time.time_ns()}")
 
 
 async def plan(db: Path) -> str:

@@ -51,7 +51,6 @@ path = "{db}"
 file = "{policy}"
 
 [engine]
-batch_size = 1000
 device_ack_timeout = "1h"
 
 [[api.tokens]]

@@ -11,22 +11,18 @@ import json
 import os
 import pty
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from test_daemon import DUTY, OPERATOR, ROOT, _free_port
+from test_daemon import Daemon as BaseDaemon
 
-ROOT = Path(__file__).resolve().parent.parent
-DUTY = "demo-duty-officer"
-OPERATOR = "demo-operator"
 COUNTY = "611002000000"
 CLEAR = "\x1b[H\x1b[2J"
 
@@ -40,12 +36,6 @@ channels = ["speaker", "transmitter", "modem"]
 kind = "simulated"
 channels = ["sms", "voice"]
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _config(tmp_path: Path, port: int) -> Path:
@@ -94,43 +84,13 @@ async def _call(method: str, url: str, token: str, body: object | None = None) -
         return response.status, await response.json()
 
 
-class Daemon:
+class Daemon(BaseDaemon):
+    """The daemon of tests/test_daemon.py on this file's config, with its database's path."""
+
     def __init__(self, tmp_path: Path) -> None:
         port = _free_port()
-        self.config = _config(tmp_path, port)
+        super().__init__(_config(tmp_path, port), port)
         self.db = tmp_path / "tocsin.db"
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TOCSIN_")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.cli", "serve", "--config", str(self.config)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                    raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{out}")
-                try:
-                    async with session.get(f"{self.url}/readyz") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError("daemon did not become ready within 60 s")
-
-    def stop(self) -> tuple[int, str]:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=30)
-        return self.proc.returncode, out.decode()
 
 
 @pytest.fixture

@@ -44,6 +44,9 @@ PRIORITIES: tuple[int, ...] = tuple(
     )
 )
 SWEEP_INTERVAL = 0.5
+#: Loudspeakers, transmitters and modems reach whole villages per message: their claims and
+#: outcomes take the store writer's urgent lane, ahead of a fan-out's bulk SMS work.
+DEVICE_CHANNELS = frozenset({Channel.SPEAKER.value, Channel.TRANSMITTER.value, Channel.MODEM.value})
 #: Warnings whose texts are kept in memory for rendering messages.
 _CONTENT_CACHE = 256
 #: How long a channel with no usable adapter waits before falling over its next batch.
@@ -205,7 +208,12 @@ class Engine:
                 return min(positive) if positive else 0.2
             return await self._fall_over(channel, hosts, now)
         claimed = await self._store.claim_due(
-            channel, total, now=now, lease=self._config.lease, priorities=PRIORITIES
+            channel,
+            total,
+            now=now,
+            lease=self._config.lease,
+            priorities=PRIORITIES,
+            urgent=channel in DEVICE_CHANNELS,
         )
         if not claimed:
             next_due = await self._store.next_due_at(channel, PRIORITIES)
@@ -262,6 +270,9 @@ class Engine:
         direct: list[Transition] = []
         dispatches: list[Dispatch] = []
         sent: list[ClaimedDelivery] = []
+        # Everyone of a warning and audience is told the same words (a visit task names its
+        # own households): render once per batch, not once per person.
+        texts: dict[tuple[int, str], str] = {}
         for c in claimed:
             if c.address is None:
                 direct.append(
@@ -299,7 +310,7 @@ class Engine:
                         address=c.address,
                         area_code=c.area_code,
                         attempt=c.attempt,
-                        text=render_text(content, audience=c.audience, households=c.households),
+                        text=_text(texts, content, c),
                         households=c.households,
                     )
                 )
@@ -331,12 +342,20 @@ class Engine:
                         retry_delay=self._backoff.delay,
                     )
                 )
-        await self._record(transitions, {c.id: c.address for c in sent if c.address})
+        await self._record(
+            transitions,
+            {c.id: c.address for c in sent if c.address},
+            urgent=any(c.channel in DEVICE_CHANNELS for c in claimed),
+        )
         for channel in host.spec.channels:  # room for another batch
             self._wake[channel.value].set()
 
     async def _record(
-        self, transitions: list[Transition], addresses: dict[int, str] | None = None
+        self,
+        transitions: list[Transition],
+        addresses: dict[int, str] | None = None,
+        *,
+        urgent: bool = False,
     ) -> None:
         if not transitions:
             return
@@ -347,6 +366,7 @@ class Engine:
                 levels=self.levels(),
                 visit_delay=self._config.visit_delay,
                 addresses=addresses,
+                urgent=urgent,
             )
         except Exception:
             # The deliveries stay leased; the sweep makes them due again when the lease ends.
@@ -390,6 +410,16 @@ class Engine:
                 if result.released:
                     self.wake()
             await asyncio.sleep(SWEEP_INTERVAL)
+
+
+def _text(cache: dict[tuple[int, str], str], content: WarningContent, c: ClaimedDelivery) -> str:
+    if c.households:
+        return render_text(content, audience=c.audience, households=c.households)
+    key = (c.warning_seq, c.audience)
+    text = cache.get(key)
+    if text is None:
+        text = cache[key] = render_text(content, audience=c.audience)
+    return text
 
 
 def _share_out(

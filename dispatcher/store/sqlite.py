@@ -45,6 +45,7 @@ from dispatcher.store.sqlite_engine import SqliteEngineOps
 from dispatcher.store.sqlite_log import SqliteLogQueries
 from dispatcher.store.sqlite_stop import log_warning_event as _log_warning_event
 from dispatcher.store.sqlite_stop import stop_warning as _stop_warning
+from dispatcher.store.sqlite_writer import PriorityWriter
 
 T = TypeVar("T")
 
@@ -106,7 +107,7 @@ class SqliteStore(SqliteEngineOps, SqliteLogQueries, SqliteCoverageQueries, Sqli
             db_path.parent.mkdir(parents=True, exist_ok=True)
         store = cls(
             db_path,
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="tocsin-sqlite-writer"),
+            PriorityWriter(),
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="tocsin-sqlite-reader"),
         )
         loop = asyncio.get_running_loop()
@@ -302,7 +303,8 @@ class SqliteStore(SqliteEngineOps, SqliteLogQueries, SqliteCoverageQueries, Sqli
                 conn.execute("ROLLBACK")
             return result
 
-        return await self._write(run)
+        # A duty officer is waiting for the 202: ahead of any fan-out's bulk work.
+        return await self._write(run, urgent=True)
 
     @staticmethod
     def _create_warning_tx(
@@ -496,7 +498,8 @@ class SqliteStore(SqliteEngineOps, SqliteLogQueries, SqliteCoverageQueries, Sqli
                 return replace(result, seconds=time.perf_counter() - started)
             return result
 
-        return await self._write(run)
+        # The devices stage is small and what the first loudspeaker command waits for.
+        return await self._write(run, urgent=stage.number == 1)
 
     async def plan_counts(self, warning_id: str) -> list[PlanCountRow]:
         def run(conn: sqlite3.Connection) -> list[PlanCountRow]:

@@ -243,9 +243,11 @@ class SqliteEngineOps(SqliteConnections):
         now: float,
         lease: float,
         priorities: Sequence[int],
+        urgent: bool = False,
     ) -> list[ClaimedDelivery]:
         """Lease up to ``limit`` due deliveries of ``channel``, most urgent first, and read
-        what sending them needs (address, warning, visit households)."""
+        what sending them needs (address, warning, visit households). ``urgent`` claims
+        (devices) go before queued bulk writes."""
 
         def run(conn: sqlite3.Connection) -> list[ClaimedDelivery]:
             conn.execute("BEGIN IMMEDIATE")
@@ -286,7 +288,7 @@ class SqliteEngineOps(SqliteConnections):
             conn.execute("COMMIT")
             return claimed
 
-        return await self._write(run)
+        return await self._write(run, urgent=urgent)
 
     async def reclaim_all_leases(self, *, now: float) -> int:
         """At start of the only engine on this store: every delivery still leased was being
@@ -323,6 +325,7 @@ class SqliteEngineOps(SqliteConnections):
         levels: Mapping[str, LevelRules],
         visit_delay: float,
         addresses: Mapping[int, str] | None = None,
+        urgent: bool = False,
     ) -> RecordResult:
         """Apply the engine's decisions for sent deliveries, log each, and escalate."""
 
@@ -336,7 +339,7 @@ class SqliteEngineOps(SqliteConnections):
             conn.execute("COMMIT")
             return result
 
-        return await self._write(run)
+        return await self._write(run, urgent=urgent)
 
     async def fall_over(
         self,
@@ -680,35 +683,13 @@ def _record(
                 deadlines.append((t.due_at, now, row.id))
             if t.reference:
                 refs.append((t.adapter, t.reference, row.id))
-            batch.event(
-                row.warning_seq,
-                row.id,
-                t.state.value,
-                attempt=t.attempt,
-                adapter=t.adapter,
-                reason=(t.reason + "; " if t.reason else "") + f"reported {row.state} already",
-                detail=detail,
-                target_id=row.target_id,
-                channel=row.channel,
-                area_code=row.area_code,
-            )
+            _log_outcome_only(batch, row, t, detail, f"reported {row.state} already")
             continue
         if row.state != DeliveryState.SENDING.value:
             # Cancelled, superseded or expired while the adapter was sending: what happened is
             # logged, the delivery keeps its terminal state.
             stale += 1
-            batch.event(
-                row.warning_seq,
-                row.id,
-                t.state.value,
-                attempt=t.attempt,
-                adapter=t.adapter,
-                reason=(t.reason + "; " if t.reason else "") + f"delivery already {row.state}",
-                detail=detail,
-                target_id=row.target_id,
-                channel=row.channel,
-                area_code=row.area_code,
-            )
+            _log_outcome_only(batch, row, t, detail, f"delivery already {row.state}")
             continue
         key = (t.state.value, t.due_at if t.due_at is not None else now, -int(t.uncount_attempt))
         updates.setdefault(key, []).append(row.id)
@@ -752,6 +733,24 @@ def _record(
     batch.flush()
     return RecordResult(
         recorded=recorded, stale=stale, escalated=batch.escalated, visits_created=batch.visits
+    )
+
+
+def _log_outcome_only(
+    batch: _Batch, row: _Row, t: Transition, detail: Mapping[str, Any], why: str
+) -> None:
+    """Log an outcome that does not change the delivery's state, saying why."""
+    batch.event(
+        row.warning_seq,
+        row.id,
+        t.state.value,
+        attempt=t.attempt,
+        adapter=t.adapter,
+        reason=(t.reason + "; " if t.reason else "") + why,
+        detail=detail,
+        target_id=row.target_id,
+        channel=row.channel,
+        area_code=row.area_code,
     )
 
 
