@@ -251,13 +251,23 @@ class Engine:
             return FALLOVER_INTERVAL
         # Until the first instance may take them again (its breaker's probe, or its next
         # start when it is not ready); 30 s when no instance is configured.
-        pause = min((h.seconds_until_usable for h in hosts), default=30.0) or FALLOVER_INTERVAL
-        why = (
-            f"no adapter is configured for {channel}"
-            if not hosts
-            else f"every {channel} adapter is paused ({', '.join(h.name for h in hosts)})"
+        if hosts:
+            pause = min(h.seconds_until_usable for h in hosts) or FALLOVER_INTERVAL
+            resume_at: float | None = now + pause
+            why = f"every {channel} adapter is paused ({', '.join(h.name for h in hosts)})"
+        else:
+            # Nothing will ever send on this channel until the config changes: fail for good
+            # so people's ladders move on and the warning can complete.
+            resume_at = None
+            why = f"no adapter is configured for {channel}"
+        fell = await self._store.fall_over(
+            claimed,
+            now=now,
+            resume_at=resume_at,
+            reason=why,
+            levels=self.levels(),
+            visit_delay=self._config.visit_delay,
         )
-        fell = await self._store.fall_over(claimed, now=now, resume_at=now + pause, reason=why)
         if fell:
             log.warning("deliveries fell over to the next channel", channel=channel, count=fell)
             self.wake()

@@ -346,17 +346,21 @@ class SqliteEngineOps(SqliteConnections):
         claimed: Sequence[ClaimedDelivery],
         *,
         now: float,
-        resume_at: float,
+        resume_at: float | None,
         reason: str,
+        levels: Mapping[str, LevelRules],
+        visit_delay: float,
     ) -> int:
         """No adapter can take these claimed deliveries. A person's delivery with a later
-        ladder step fails over to it at once; the rest wait until ``resume_at`` without the
-        attempt counting. Returns how many fell over."""
+        ladder step fails over to it at once. The rest wait until ``resume_at`` without the
+        attempt counting — or, when ``resume_at`` is None (no adapter is configured for the
+        channel at all: none will come back), fail for good, and a person's ladder moves on
+        (a visit task). Returns how many fell over or failed."""
 
         def run(conn: sqlite3.Connection) -> int:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                batch = _Batch(conn, now, {}, 0.0)
+                batch = _Batch(conn, now, levels, visit_delay)
                 fell = _fall_over(batch, claimed, resume_at, reason)
                 batch.flush()
             except BaseException:
@@ -572,7 +576,7 @@ def _reclaim(batch: _Batch, rows: Sequence[_Row], why: str) -> None:
 
 
 def _fall_over(
-    batch: _Batch, claimed: Sequence[ClaimedDelivery], resume_at: float, reason: str
+    batch: _Batch, claimed: Sequence[ClaimedDelivery], resume_at: float | None, reason: str
 ) -> int:
     conn = batch.conn
     fell = 0
@@ -587,6 +591,35 @@ def _fall_over(
                 "AND state = 'held' ORDER BY priority, id LIMIT 1",
                 (c.target_id, c.warning_seq),
             ).fetchone()
+        if held is None and resume_at is None:
+            conn.execute(
+                "UPDATE deliveries SET state = 'failed', due_at = ?, updated_at = ? WHERE id = ?",
+                (batch.now, batch.now, c.id),
+            )
+            batch.move(c.warning_seq, "sending", "failed")
+            batch.event(
+                c.warning_seq,
+                c.id,
+                "failed",
+                attempt=c.attempt,
+                reason=reason,
+                target_id=c.target_id,
+                channel=c.channel,
+                area_code=c.area_code,
+            )
+            row = _Row(
+                c.id,
+                c.warning_seq,
+                c.audience,
+                c.target_id,
+                c.channel,
+                c.area_code,
+                "failed",
+                c.attempt,
+            )
+            _escalate(batch, row, f"{c.channel} failed: {reason}")
+            fell += 1
+            continue
         if held is None:
             conn.execute(
                 "UPDATE deliveries SET state = 'retry_wait', due_at = ?, attempts = ?, "

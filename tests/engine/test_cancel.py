@@ -117,7 +117,9 @@ async def test_a_cancel_between_claim_and_fall_over_keeps_the_counts(tocsin: Mak
     assert [c.target_id for c in claimed] == ["p01"]
 
     await t.stop_warning(w, MsgType.CANCEL)
-    fell = await t.store.fall_over(claimed, now=now, resume_at=now + 30, reason="no adapter")
+    fell = await t.store.fall_over(
+        claimed, now=now, resume_at=now + 30, reason="no adapter", levels={}, visit_delay=0
+    )
 
     assert fell == 0
     assert set(t.states(w.id).values()) == {"cancelled"}
