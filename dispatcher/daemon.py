@@ -109,6 +109,7 @@ async def serve(
                 ready=lambda: planner.running and engine.running,
                 registry=registry,
                 confirm_household=engine.intake.submit_and_wait,
+                adapters=engine.adapter_status,
             )
         )
         runner = web.AppRunner(

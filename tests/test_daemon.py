@@ -290,3 +290,39 @@ async def test_a_second_daemon_on_the_same_store_is_refused(tmp_path: Path) -> N
     finally:
         code, _ = daemon.stop()
     assert code == 0
+
+
+async def test_adapters_endpoint_shows_each_instance_as_the_engine_sees_it(
+    tmp_path: Path,
+) -> None:
+    port = _free_port()
+    config = _config(tmp_path, port)
+    with config.open("a", encoding="utf-8") as handle:
+        handle.write(
+            '\n[adapters.broken_modem]\nkind = "simulated"\nchannels = ["modem"]\n'
+            "[adapters.broken_modem.settings]\nnot_ready_starts = 1000\n"
+        )
+    daemon = Daemon(config, port)
+    await daemon.start()
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            status, body, _ = await _call("GET", f"{daemon.url}/v1/adapters", "demo-installer")
+            assert status == 200, body
+            adapters = {a["name"]: a for a in body["adapters"]}  # type: ignore[union-attr]
+            if adapters["demo_sms"]["state"] == "ready" and (
+                adapters["broken_modem"]["state"] == "not_ready"
+            ):
+                break
+            assert time.monotonic() < deadline, adapters
+            await asyncio.sleep(0.1)
+        assert list(adapters) == ["demo_devices", "demo_sms", "demo_voice", "broken_modem"]
+        assert adapters["demo_sms"]["channels"] == ["sms"]
+        assert adapters["demo_sms"]["rate_per_second"] == 200
+        assert adapters["demo_devices"]["breaker"] == "closed"
+        assert adapters["broken_modem"]["start_failures"] >= 1
+        status, _, _ = await _call("GET", f"{daemon.url}/v1/adapters", "no-such-token")
+        assert status == 401
+    finally:
+        code, _ = daemon.stop()
+    assert code == 0

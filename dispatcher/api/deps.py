@@ -29,6 +29,8 @@ class ApiDeps:
     #: The engine's acknowledgement intake, for confirmations posted over HTTP (None: no
     #: engine runs, e.g. in API-only tests; the endpoint answers 503).
     confirm_household: Callable[[HouseholdConfirmation], Awaitable[AckOutcome]] | None = None
+    #: The engine's adapter instances and their state (None: no engine runs).
+    adapters: Callable[[], list[dict[str, object]]] | None = None
 
 
 DEPS_KEY = web.AppKey("tocsin_api_deps", ApiDeps)

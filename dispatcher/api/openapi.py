@@ -342,6 +342,19 @@ _RESPONSE_SCHEMAS: dict[str, Schema] = {
         }
     ),
     "ServiceStatus": _object({"status": _STRING}),
+    "AdapterStatus": _object(
+        {
+            "name": _STRING,
+            "kind": _STRING,
+            "channels": {"type": "array", "items": _STRING},
+            "state": {"type": "string", "enum": ["starting", "ready", "not_ready", "paused"]},
+            "breaker": {"type": "string", "enum": ["closed", "open", "half_open"]},
+            "start_failures": _COUNT,
+            "batches_in_flight": _COUNT,
+            "rate_per_second": _nullable({"type": "number"}),
+        }
+    ),
+    "AdapterList": _object({"adapters": {"type": "array", "items": _ref("AdapterStatus")}}),
     **_COVERAGE_SCHEMAS,
     "LogEvent": {
         **_object(
@@ -901,6 +914,14 @@ def _operations() -> dict[str, Schema]:
             "responses": {
                 "200": {"description": "Metrics", "content": {"text/plain": {"schema": _STRING}}}
             },
+        },
+        "listAdapters": {
+            "tags": ["operations"],
+            "summary": "The adapter instances as the engine sees them",
+            "description": "Each configured instance: its kind and channels; `starting`, "
+            "`ready`, `not_ready` (its start failed; retried with backoff) or `paused` (its "
+            "circuit breaker is open); batches in flight; its rate limit.",
+            "responses": {"200": _json("The adapter instances", "AdapterList")},
         },
         "getOpenApi": {
             "tags": ["operations"],

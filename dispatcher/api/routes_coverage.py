@@ -28,7 +28,7 @@ from dispatcher.api.request_input import (
 )
 from dispatcher.api.responses import json_response
 from dispatcher.api.routes_areas import area_code_parameter
-from dispatcher.api.routing import Endpoint
+from dispatcher.api.routing import STAFF_ROLES, Endpoint
 from dispatcher.config import ApiRole
 from dispatcher.coverage_view import (
     coverage_totals_view,
@@ -43,9 +43,7 @@ from dispatcher.warning_service import Principal
 log = structlog.get_logger(__name__)
 
 #: Who may read coverage and the unreached lists: everyone but grid members.
-COVERAGE_READERS: frozenset[ApiRole] = frozenset(
-    {ApiRole.DUTY_OFFICER, ApiRole.OPERATOR, ApiRole.INSTALLER, ApiRole.ADMIN}
-)
+COVERAGE_READERS: frozenset[ApiRole] = STAFF_ROLES
 #: Who may mark households reached: grid members, for the grids they serve.
 HOUSEHOLD_CONFIRMERS: frozenset[ApiRole] = frozenset({ApiRole.GRID_MEMBER})
 

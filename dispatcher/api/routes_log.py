@@ -25,7 +25,7 @@ from dispatcher.api.deps import DEPS_KEY
 from dispatcher.api.errors import ApiError
 from dispatcher.api.request_input import query_int
 from dispatcher.api.responses import dumps, json_response
-from dispatcher.api.routing import Endpoint, endpoint_of
+from dispatcher.api.routing import STAFF_ROLES, Endpoint, endpoint_of
 from dispatcher.config import ApiRole
 from dispatcher.log_query import (
     DEFAULT_PAGE,
@@ -42,9 +42,7 @@ from dispatcher.log_query import (
 log = structlog.get_logger(__name__)
 
 #: Who may read the delivery log: everyone but grid members (whose tokens confirm visits).
-LOG_READERS: frozenset[ApiRole] = frozenset(
-    {ApiRole.DUTY_OFFICER, ApiRole.OPERATOR, ApiRole.INSTALLER, ApiRole.ADMIN}
-)
+LOG_READERS: frozenset[ApiRole] = STAFF_ROLES
 
 CSV_CONTENT_TYPE = "text/csv"
 EVENT_STREAM_CONTENT_TYPE = "text/event-stream"

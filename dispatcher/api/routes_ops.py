@@ -1,6 +1,7 @@
-"""Operations endpoints, all without a token: liveness, readiness, Prometheus metrics and the
-OpenAPI document. /metrics carries counts only (no warning text, no tokens); bind the server to
-loopback or a management network, or put it behind a proxy, where that is not acceptable."""
+"""Operations endpoints: liveness, readiness, Prometheus metrics and the OpenAPI document
+(without a token), and the adapter instances' state (staff roles). /metrics carries counts
+only (no warning text, no tokens); bind the server to loopback or a management network, or put
+it behind a proxy, where that is not acceptable."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dispatcher.api.deps import DEPS_KEY
 from dispatcher.api.errors import ApiError
 from dispatcher.api.openapi import OPENAPI_KEY
 from dispatcher.api.responses import json_response
-from dispatcher.api.routing import Endpoint
+from dispatcher.api.routing import STAFF_ROLES, Endpoint
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +45,11 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready"})
 
 
+async def list_adapters(request: web.Request) -> web.Response:
+    status = request.app[DEPS_KEY].adapters
+    return json_response({"adapters": status() if status is not None else []})
+
+
 async def metrics(request: web.Request) -> web.Response:
     payload = generate_latest(request.app[DEPS_KEY].registry)
     return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -58,4 +64,5 @@ ENDPOINTS = (
     Endpoint("GET", "/readyz", readyz, "readyz", None),
     Endpoint("GET", "/metrics", metrics, "metrics", None),
     Endpoint("GET", "/v1/openapi.json", openapi_document, "getOpenApi", None),
+    Endpoint("GET", "/v1/adapters", list_adapters, "listAdapters", STAFF_ROLES),
 )

@@ -17,6 +17,10 @@ ANY_ROLE: frozenset[ApiRole] = frozenset(ApiRole)
 #: Posting, updating and cancelling warnings.
 WARNING_WRITERS: frozenset[ApiRole] = frozenset({ApiRole.DUTY_OFFICER, ApiRole.ADMIN})
 ADMIN_ONLY: frozenset[ApiRole] = frozenset({ApiRole.ADMIN})
+#: The dispatch staff: every role but grid members (whose tokens only confirm visits).
+STAFF_ROLES: frozenset[ApiRole] = frozenset(
+    {ApiRole.DUTY_OFFICER, ApiRole.OPERATOR, ApiRole.INSTALLER, ApiRole.ADMIN}
+)
 
 
 @dataclass(frozen=True, slots=True)

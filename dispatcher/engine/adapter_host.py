@@ -109,6 +109,22 @@ class AdapterHost:
     def seconds_until_capacity(self) -> float:
         return self.bucket.seconds_until(self.min_batch)
 
+    def status(self) -> dict[str, object]:
+        """What an operator or installer needs to see about this instance."""
+        state = "ready" if self._ready else ("not_ready" if self.start_failures else "starting")
+        if self._ready and self.breaker.state is not BreakerState.CLOSED:
+            state = "paused"
+        return {
+            "name": self.name,
+            "kind": self.spec.factory.kind,
+            "channels": sorted(c.value for c in self.spec.channels),
+            "state": state,
+            "breaker": self.breaker.state.value,
+            "start_failures": self.start_failures,
+            "batches_in_flight": self.in_flight,
+            "rate_per_second": self.spec.config.rate_per_second,
+        }
+
     def start(self) -> None:
         self._task = asyncio.create_task(
             self._start_loop(), name=f"tocsin-adapter-start-{self.name}"

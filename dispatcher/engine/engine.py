@@ -122,6 +122,10 @@ class Engine:
             self._levels_for = (policy, level_rules(policy, self._config))
         return self._levels_for[1]
 
+    def adapter_status(self) -> list[dict[str, object]]:
+        """Each adapter instance as the engine sees it (GET /v1/adapters)."""
+        return [host.status() for host in self.hosts]
+
     def wake(self) -> None:
         """New work may be due (a plan stage committed, a step released, an adapter ready)."""
         for event in self._wake.values():

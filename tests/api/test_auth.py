@@ -64,6 +64,7 @@ CALLS = [
     Call("GET", "/v1/areas", EVERYONE),
     Call("GET", "/v1/areas/{code}", EVERYONE),
     Call("GET", "/v1/openapi.json", None),
+    Call("GET", "/v1/adapters", frozenset({DUTY, OPERATOR, INSTALLER, ADMIN})),
     Call("GET", "/healthz", None),
     Call("GET", "/readyz", None),
     Call("GET", "/metrics", None),
