@@ -852,9 +852,12 @@ def _add_visit(batch: _Batch, row: _Row) -> None:
     ).fetchone()
     if already is not None:
         return
+    # A task not sent yet (or waiting to be tried again) names its households when it is sent:
+    # join it rather than send the grid member a second one.
     task = conn.execute(
         "SELECT vt.delivery_id FROM visit_tasks vt JOIN deliveries d ON d.id = vt.delivery_id "
-        "WHERE vt.warning_seq = ? AND vt.grid_id = ? AND d.state = 'pending' LIMIT 1",
+        "WHERE vt.warning_seq = ? AND vt.grid_id = ? AND d.state IN ('pending', 'retry_wait') "
+        "LIMIT 1",
         (seq, grid_id),
     ).fetchone()
     if task is None:

@@ -5,6 +5,7 @@ village."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 
 from small_directory import VILLAGE_A1a
@@ -12,7 +13,7 @@ from small_directory import VILLAGE_A1a
 from dispatcher.adapter import Report, ReportState
 from dispatcher.engine.types import AckResult, AdapterAck, HouseholdConfirmation
 from engine.conftest import MakeTocsin
-from engine.harness import PHONE, TERMINAL, config, policy, rule, sim
+from engine.harness import PHONE, TERMINAL, config, policy, rule, sim, wait_until
 
 #: Grid members by SMS then call; vulnerable people likewise; everyone else by SMS only.
 LADDER = [
@@ -264,3 +265,46 @@ async def test_a_visit_whose_households_were_all_confirmed_meanwhile_is_not_sent
     assert not [d for d in t.adapter("sms").dispatched if d.delivery_id == visit.id]
     await t.wait(lambda: t.completed(w.id), within=3, what="warning complete")
     await t.assert_counts_consistent(w.id)
+
+
+async def test_a_visit_task_waiting_to_be_tried_again_is_joined_not_doubled(
+    tocsin: MakeTocsin,
+) -> None:
+    t = tocsin(
+        {"sms": sim(["sms"], ack_probability=0), "voice": sim(["voice"], ack_probability=0)},
+        policy=visit_policy(),
+        config=config(visit_delay=30.0),
+    )
+    w = await t.warn((VILLAGE_A1a,))
+    await t.start()
+
+    # p02 (SMS only) runs out first and opens the task for h1 …
+    await wait_until(
+        lambda: t.rows("SELECT household_id FROM visit_households") == [("h1",)],
+        what="the visit task for h1",
+    )
+    ((visit_id,),) = t.rows("SELECT delivery_id FROM visit_tasks")
+    # … whose SMS to the grid member failed for now and waits to be tried again …
+    conn = sqlite3.connect(t.db, timeout=30)
+    with conn:
+        conn.execute(
+            "UPDATE deliveries SET state = 'retry_wait', due_at = ? WHERE id = ?",
+            (time.time() + 3600, visit_id),
+        )
+        conn.execute(
+            "UPDATE delivery_state_counts SET n = n + (CASE state WHEN 'retry_wait' THEN 1 "
+            "ELSE -1 END) WHERE state IN ('pending', 'retry_wait') AND warning_seq = "
+            "(SELECT seq FROM warnings WHERE id = ?)",
+            (w.id,),
+        )
+    conn.close()
+    # … and p04's ladder (SMS, then a call) runs out later: h2 joins that task.
+    await wait_until(
+        lambda: len(t.rows("SELECT household_id FROM visit_households")) == 2,
+        what="h2 on a visit task",
+    )
+    assert t.rows("SELECT household_id, delivery_id FROM visit_households ORDER BY 1") == [
+        ("h1", visit_id),
+        ("h2", visit_id),
+    ]
+    assert t.rows("SELECT count(*) FROM visit_tasks") == [(1,)]
