@@ -301,6 +301,7 @@ class SqliteEngineOps(SqliteConnections):
                 rows = [
                     _row(r)
                     for r in conn.execute(
+                        # The in-flight index's condition, then the leased ones among them.
                         f"SELECT {_ROW_COLUMNS} FROM deliveries "
                         "WHERE state IN ('sending','sent','delivered') AND state = 'sending'"
                     )
