@@ -214,7 +214,8 @@ async def export_log_csv(request: web.Request) -> web.StreamResponse:
             cursor = page[-1].id
         await response.write_eof()
     except ConnectionError:
-        pass  # the client went away
+        # The client went away mid-export: nothing to answer, nothing to clean up.
+        log.debug("log export ended: the client disconnected")
     except Exception:
         _abandon(request, "log export failed")
     return response
@@ -274,7 +275,8 @@ async def stream_log(request: web.Request) -> web.StreamResponse:
                     await stopping.wait()
         await response.write_eof()
     except ConnectionError:
-        pass  # the client went away
+        # The client stopped following: the stream simply ends.
+        log.debug("log stream ended: the client disconnected")
     except Exception:
         _abandon(request, "log stream failed")
     return response

@@ -391,16 +391,9 @@ class SqliteStore(SqliteEngineOps, SqliteLogQueries, SqliteCoverageQueries, Sqli
 
     async def expire_warning(self, warning_id: str, *, now: float) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                changed = _stop_warning(conn, warning_id, WarningState.EXPIRED, None, now)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return changed
+            return _stop_warning(conn, warning_id, WarningState.EXPIRED, None, now)
 
-        return await self._write(run)
+        return await self._write_tx(run)
 
     async def idempotent_warning_id(self, claim: IdempotencyClaim) -> str | None:
         def run(conn: sqlite3.Connection) -> str | None:

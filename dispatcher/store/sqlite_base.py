@@ -32,6 +32,22 @@ class SqliteConnections:
         future = self._writer_pool.submit_with(URGENT if urgent else NORMAL, fn, conn)
         return await asyncio.wrap_future(future)
 
+    async def _write_tx(self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = False) -> T:
+        """:meth:`_write` inside one ``BEGIN IMMEDIATE`` transaction: committed when ``fn``
+        returns, rolled back when it raises."""
+
+        def run(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await self._write(run, urgent=urgent)
+
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._rconn
         if conn is None:

@@ -250,45 +250,37 @@ class SqliteEngineOps(SqliteConnections):
         (devices) go before queued bulk writes."""
 
         def run(conn: sqlite3.Connection) -> list[ClaimedDelivery]:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                rows: list[_Row] = []
-                for priority in priorities:
-                    if len(rows) >= limit:
-                        break
-                    rows.extend(
-                        _row(r)
-                        for r in conn.execute(
-                            f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE channel = ? "
-                            "AND priority = ? AND state IN ('pending','retry_wait') "
-                            "AND due_at <= ? ORDER BY due_at LIMIT ?",
-                            (channel, priority, now, limit - len(rows)),
-                        )
+            rows: list[_Row] = []
+            for priority in priorities:
+                if len(rows) >= limit:
+                    break
+                rows.extend(
+                    _row(r)
+                    for r in conn.execute(
+                        f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE channel = ? "
+                        "AND priority = ? AND state IN ('pending','retry_wait') "
+                        "AND due_at <= ? ORDER BY due_at LIMIT ?",
+                        (channel, priority, now, limit - len(rows)),
                     )
-                if not rows:
-                    conn.execute("COMMIT")
-                    return []
-                _update_ids(
-                    conn,
-                    "state = 'sending', attempts = attempts + 1, due_at = ?, updated_at = ?",
-                    (now + lease, now),
-                    [r.id for r in rows],
                 )
-                deltas: dict[int, dict[str, int]] = {}
-                for r in rows:
-                    d = deltas.setdefault(r.warning_seq, {})
-                    d[r.state] = d.get(r.state, 0) - 1
-                    d["sending"] = d.get("sending", 0) + 1
-                for seq, delta in deltas.items():
-                    bump_state_counts(conn, seq, delta)
-                claimed = _resolve(conn, rows)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return claimed
+            if not rows:
+                return []
+            _update_ids(
+                conn,
+                "state = 'sending', attempts = attempts + 1, due_at = ?, updated_at = ?",
+                (now + lease, now),
+                [r.id for r in rows],
+            )
+            deltas: dict[int, dict[str, int]] = {}
+            for r in rows:
+                d = deltas.setdefault(r.warning_seq, {})
+                d[r.state] = d.get(r.state, 0) - 1
+                d["sending"] = d.get("sending", 0) + 1
+            for seq, delta in deltas.items():
+                bump_state_counts(conn, seq, delta)
+            return _resolve(conn, rows)
 
-        return await self._write(run, urgent=urgent)
+        return await self._write_tx(run, urgent=urgent)
 
     async def reclaim_all_leases(self, *, now: float) -> int:
         """At start of the only engine on this store: every delivery still leased was being
@@ -296,26 +288,20 @@ class SqliteEngineOps(SqliteConnections):
         least once)."""
 
         def run(conn: sqlite3.Connection) -> int:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                rows = [
-                    _row(r)
-                    for r in conn.execute(
-                        # The in-flight index's condition, then the leased ones among them.
-                        f"SELECT {_ROW_COLUMNS} FROM deliveries "
-                        "WHERE state IN ('sending','sent','delivered') AND state = 'sending'"
-                    )
-                ]
-                batch = _Batch(conn, now, {}, 0.0)
-                _reclaim(batch, rows, "the daemon stopped during the send")
-                batch.flush()
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            rows = [
+                _row(r)
+                for r in conn.execute(
+                    # The in-flight index's condition, then the leased ones among them.
+                    f"SELECT {_ROW_COLUMNS} FROM deliveries "
+                    "WHERE state IN ('sending','sent','delivered') AND state = 'sending'"
+                )
+            ]
+            batch = _Batch(conn, now, {}, 0.0)
+            _reclaim(batch, rows, "the daemon stopped during the send")
+            batch.flush()
             return len(rows)
 
-        return await self._write(run)
+        return await self._write_tx(run)
 
     # -- outcomes ------------------------------------------------------------------------------
     async def record_transitions(
@@ -331,16 +317,10 @@ class SqliteEngineOps(SqliteConnections):
         """Apply the engine's decisions for sent deliveries, log each, and escalate."""
 
         def run(conn: sqlite3.Connection) -> RecordResult:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = _record(conn, transitions, now, levels, visit_delay, addresses or {})
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            result = _record(conn, transitions, now, levels, visit_delay, addresses or {})
             return result
 
-        return await self._write(run, urgent=urgent)
+        return await self._write_tx(run, urgent=urgent)
 
     async def fall_over(
         self,
@@ -359,18 +339,12 @@ class SqliteEngineOps(SqliteConnections):
         (a visit task). Returns how many fell over or failed."""
 
         def run(conn: sqlite3.Connection) -> int:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                batch = _Batch(conn, now, levels, visit_delay)
-                fell = _fall_over(batch, claimed, resume_at, reason)
-                batch.flush()
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            batch = _Batch(conn, now, levels, visit_delay)
+            fell = _fall_over(batch, claimed, resume_at, reason)
+            batch.flush()
             return fell
 
-        return await self._write(run)
+        return await self._write_tx(run)
 
     # -- acknowledgements ----------------------------------------------------------------------
     async def apply_acks(
@@ -385,19 +359,13 @@ class SqliteEngineOps(SqliteConnections):
         """Apply acknowledgements and status reports, once each, in one transaction."""
 
         def run(conn: sqlite3.Connection) -> list[AckOutcome]:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                batch = _Batch(conn, now, levels, visit_delay)
-                _read_ahead(batch, acks)
-                outcomes = [_apply_ack(batch, ack, retry_delay) for ack in acks]
-                batch.flush()
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            batch = _Batch(conn, now, levels, visit_delay)
+            _read_ahead(batch, acks)
+            outcomes = [_apply_ack(batch, ack, retry_delay) for ack in acks]
+            batch.flush()
             return outcomes
 
-        return await self._write(run)
+        return await self._write_tx(run)
 
     # -- timers --------------------------------------------------------------------------------
     async def sweep(
@@ -412,16 +380,10 @@ class SqliteEngineOps(SqliteConnections):
         deadlines (resend to devices, escalate people), and mark warnings complete."""
 
         def run(conn: sqlite3.Connection) -> SweepResult:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = _sweep(conn, now, levels, visit_delay, limit)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            result = _sweep(conn, now, levels, visit_delay, limit)
             return result
 
-        return await self._write(run)
+        return await self._write_tx(run)
 
     async def next_due_at(self, channel: str, priorities: Sequence[int]) -> float | None:
         """The earliest due time of the channel's waiting deliveries (None: nothing waits)."""

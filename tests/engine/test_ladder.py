@@ -13,7 +13,7 @@ from small_directory import VILLAGE_A1a
 from dispatcher.adapter import Report, ReportState
 from dispatcher.engine.types import AckResult, AdapterAck, HouseholdConfirmation
 from engine.conftest import MakeTocsin
-from engine.harness import PHONE, TERMINAL, config, policy, rule, sim, wait_until
+from engine.harness import PHONE, TERMINAL, Tocsin, config, policy, rule, sim, wait_until
 
 #: Grid members by SMS then call; vulnerable people likewise; everyone else by SMS only.
 LADDER = [
@@ -109,14 +109,19 @@ def visit_policy(ack_timeout: str = "0.3s") -> object:
     return policy(ack_timeout=ack_timeout, visit=True, rules=LADDER)
 
 
+def nobody_answers(tocsin: MakeTocsin, *, visit_delay: float) -> Tocsin:
+    """Nobody confirms an SMS or a call: every ladder runs out and ends in a visit task."""
+    return tocsin(
+        {"sms": sim(["sms"], ack_probability=0), "voice": sim(["voice"], ack_probability=0)},
+        policy=visit_policy(),
+        config=config(visit_delay=visit_delay),
+    )
+
+
 async def test_exhausted_ladders_task_the_grid_member_to_visit_both_households(
     tocsin: MakeTocsin,
 ) -> None:
-    t = tocsin(
-        {"sms": sim(["sms"], ack_probability=0), "voice": sim(["voice"], ack_probability=0)},
-        policy=visit_policy(),
-        config=config(visit_delay=2.0),
-    )
+    t = nobody_answers(tocsin, visit_delay=2.0)
     w = await t.warn((VILLAGE_A1a,))
     await t.start()
 
@@ -171,11 +176,7 @@ async def test_households_already_reached_are_not_named(tocsin: MakeTocsin) -> N
 async def test_the_grid_member_acknowledging_does_not_cancel_their_visit_task(
     tocsin: MakeTocsin,
 ) -> None:
-    t = tocsin(
-        {"sms": sim(["sms"], ack_probability=0), "voice": sim(["voice"], ack_probability=0)},
-        policy=visit_policy(),
-        config=config(visit_delay=2.0),
-    )
+    t = nobody_answers(tocsin, visit_delay=2.0)
     w = await t.warn((VILLAGE_A1a,))
     await t.start()
     await t.wait(
@@ -270,11 +271,7 @@ async def test_a_visit_whose_households_were_all_confirmed_meanwhile_is_not_sent
 async def test_a_visit_task_waiting_to_be_tried_again_is_joined_not_doubled(
     tocsin: MakeTocsin,
 ) -> None:
-    t = tocsin(
-        {"sms": sim(["sms"], ack_probability=0), "voice": sim(["voice"], ack_probability=0)},
-        policy=visit_policy(),
-        config=config(visit_delay=30.0),
-    )
+    t = nobody_answers(tocsin, visit_delay=30.0)
     w = await t.warn((VILLAGE_A1a,))
     await t.start()
 
