@@ -4,7 +4,8 @@ transmitters) provides and what the engine gives it.
 An adapter knows nothing of the store. The engine hands it a batch of :class:`Dispatch` and it
 returns one :data:`Outcome` per dispatch, in order: :class:`Accepted`, :class:`Retry` or
 :class:`Failed` — never a bare success flag. Acknowledgements and later status changes
-(delivered, played, a reply) arrive asynchronously through :meth:`AdapterContext.report`.
+(delivered, played, a reply) arrive asynchronously through :meth:`AdapterContext.report`;
+a device's own state (online, offline, heartbeat) through :meth:`AdapterContext.device_status`.
 
 Adapter kinds are found through the ``tocsin.adapters`` entry-point group (name = kind, value =
 the adapter class), so a third party can add one without forking. Each kind describes itself:
@@ -51,6 +52,8 @@ class WarningContent:
     expires: datetime
     audio_url: str | None = None
     audio_sha256: str | None = None
+    #: The ids of the warnings this one updates or cancels (devices stop playing them).
+    references: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,26 @@ class Report:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """A device's connection state as its adapter last saw it.
+
+    Report one whenever the device says something of itself (a retained state, a heartbeat, a
+    last will): the daemon keeps the newest per device and writes them in batches, so a
+    heartbeat a second from every speaker costs a few writes. A status whose ``last_seen`` is
+    older than the one stored does not replace it (a retained message replayed at reconnect).
+    """
+
+    #: The device's address as the adapter knows it (Dispatch.address: an MQTT device id).
+    address: str
+    online: bool
+    #: When the device was last heard from (time.time()); the adapter's clock. For a last will
+    #: ("offline" published by the broker), when the will arrived.
+    last_seen: float
+    #: What the device says of itself: firmware, volume, signal... (JSON-serialisable; small).
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
 class AdapterContext(Protocol):
     """The narrow view of the daemon an adapter gets in :meth:`Adapter.start`."""
 
@@ -147,6 +170,10 @@ class AdapterContext(Protocol):
 
     def report(self, report: Report) -> None:
         """Queue a status report; never blocks (the engine records reports in batches)."""
+
+    def device_status(self, status: DeviceStatus) -> None:
+        """Record a device's state; never blocks (the daemon keeps the latest per device and
+        stores it in batches)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dispatcher.cli_devices import add_devices_command
 from dispatcher.cli_log import add_log_command
 from dispatcher.config import ConfigError, hash_token, load_config
 
@@ -117,9 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     _client_options(status)
     status.set_defaults(handler=_cmd_status)
 
-    from dispatcher import cli_adapters
+    from dispatcher import cli_adapters, cli_simulate
 
     cli_adapters.add_parser(sub)
+    cli_simulate.add_parser(sub)
 
     cancel = sub.add_parser("cancel", help="cancel a warning")
     cancel.add_argument("warning_id")
@@ -128,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     cancel.set_defaults(handler=_cmd_cancel)
 
     add_log_command(sub, client_options=_client_options, token=_token)
+    add_devices_command(sub, client_options=_client_options, token=_token)
     return parser
 
 

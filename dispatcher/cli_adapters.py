@@ -1,5 +1,6 @@
-"""`tocsin adapters list|probe`: what an installer runs to see which adapter kinds are installed
-and whether the configured hardware and services answer."""
+"""`tocsin adapters list|probe|test`: what an installer runs to see which adapter kinds are
+installed, whether the configured hardware and services answer, and to send one test message
+(to one speaker, one village's speakers, one phone) and watch its reports arrive."""
 
 from __future__ import annotations
 
@@ -8,11 +9,26 @@ import asyncio
 import json
 import os
 import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dispatcher.adapter import ProbeResult, adapter_kinds
+from dispatcher.adapter import (
+    Accepted,
+    DeviceStatus,
+    Dispatch,
+    ProbeResult,
+    Report,
+    ReportState,
+    WarningContent,
+    adapter_kinds,
+)
 from dispatcher.adapter_config import AdapterSpec
 from dispatcher.config import load_config
+from dispatcher.domain import PERSON_CHANNELS, Audience, Channel, Level, MsgType, Status
+from dispatcher.durations import parse_duration
+from dispatcher.engine.message_text import render_text
 
 #: How long one probe may take before it is reported as not answering.
 PROBE_TIMEOUT = 30.0
@@ -33,6 +49,22 @@ def add_parser(sub: Any) -> None:
     probe.add_argument("names", nargs="*", help="instances to probe (default: all)")
     probe.add_argument("--json", action="store_true")
     probe.set_defaults(handler=_cmd_probe)
+    test = adapters_sub.add_parser(
+        "test",
+        help="send one test message (status Test) through an adapter instance and show its reports",
+    )
+    test.add_argument("--config", "-c", default=os.environ.get("TOCSIN_CONFIG", "config/demo.toml"))
+    test.add_argument("name", help="the adapter instance")
+    test.add_argument(
+        "--to", help="one address: a speaker's device id, a phone number (+86…), a modem port…"
+    )
+    test.add_argument(
+        "--area", default="", help="a village code: every speaker there (one area publish)"
+    )
+    test.add_argument("--channel", help="the channel, when the instance serves several")
+    test.add_argument("--text", default="这是一条设备测试广播，不是真实预警。")
+    test.add_argument("--wait", default="30s", help="how long to wait for reports (e.g. 30s)")
+    test.set_defaults(handler=_cmd_test)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -108,3 +140,132 @@ def _cmd_probe(args: argparse.Namespace) -> int:
             mark = "ok " if result.ok else "FAIL"
             print(f"{mark} {spec.name} ({spec.factory.kind}): {result.summary}")
     return 0 if all(result.ok for _, result in results) else 1
+
+
+class _PrintingContext:
+    """Prints each report and device status as it arrives (an installer watching a test)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self.reports: list[Report] = []
+        self.changed = asyncio.Event()
+
+    @property
+    def adapter_name(self) -> str:
+        return self._name
+
+    def report(self, report: Report) -> None:
+        self.reports.append(report)
+        state = report.detail.get("device_state", report.state.value)
+        who = report.from_address or report.reference or f"delivery {report.delivery_id}"
+        reason = f" ({report.reason})" if report.reason else ""
+        print(f"  report: {who}: {state}{reason}", flush=True)
+        self.changed.set()
+
+    def device_status(self, status: DeviceStatus) -> None:
+        pass  # the probe shows states; a test only follows its own message
+
+
+def _test_dispatch(spec: AdapterSpec, args: argparse.Namespace) -> Dispatch | str:
+    if args.channel:
+        try:
+            channel = Channel(args.channel)
+        except ValueError:
+            return f"--channel {args.channel!r} is not one of {', '.join(c.value for c in Channel)}"
+        if channel not in spec.channels:
+            return f"{spec.name} does not serve {channel}; it serves {', '.join(spec.channels)}"
+    else:
+        channel = sorted(spec.channels)[0]
+    if not args.to and not args.area:
+        return "say where to send: --to ADDRESS (one speaker, one phone) or --area VILLAGE"
+    if channel in PERSON_CHANNELS and not args.to:
+        return f"{channel} needs --to (a phone number)"
+    now = datetime.now(UTC).replace(microsecond=0)
+    wait = parse_duration(args.wait)
+    warning = WarningContent(
+        id=f"test-{uuid.uuid4().hex[:12]}",
+        status=Status.TEST,
+        msg_type=MsgType.ALERT,
+        level=Level.BLUE,
+        event="设备测试",
+        headline="设备测试",
+        description=args.text,
+        instruction="",
+        area_codes=(args.area,) if args.area else (),
+        sent=now,
+        expires=now + timedelta(seconds=max(wait, 60.0) + 60.0),
+    )
+    audience = Audience.PERSON if channel in PERSON_CHANNELS else Audience.DEVICE
+    return Dispatch(
+        delivery_id=1,
+        warning=warning,
+        channel=channel,
+        audience=audience,
+        target_id=args.to or args.area,
+        # One speaker: its own topic (no area); a village: the area topic.
+        address=args.to or f"area:{args.area}",
+        area_code="" if args.to else args.area,
+        attempt=1,
+        text=render_text(warning, audience=audience.value),
+    )
+
+
+async def _run_test(spec: AdapterSpec, dispatch: Dispatch, wait: float) -> int:
+    adapter = spec.create()
+    context = _PrintingContext(spec.name)
+    try:
+        await asyncio.wait_for(adapter.start(context), PROBE_TIMEOUT)
+    except Exception as exc:
+        print(f"FAIL {spec.name} did not start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        where = dispatch.address if dispatch.area_code == "" else f"area {dispatch.area_code}"
+        print(f"sending test {dispatch.warning.id} to {where} through {spec.name}", flush=True)
+        (outcome,) = await asyncio.wait_for(adapter.send([dispatch]), spec.config.send_timeout)
+        print(f"  outcome: {outcome}", flush=True)
+        if not isinstance(outcome, Accepted):
+            return 1
+        deadline = time.monotonic() + wait
+        one_target = dispatch.area_code == ""
+        while time.monotonic() < deadline:
+            if one_target and any(
+                r.state in (ReportState.ACKNOWLEDGED, ReportState.FAILED) for r in context.reports
+            ):
+                break
+            context.changed.clear()
+            try:
+                await asyncio.wait_for(context.changed.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+        acknowledged = {
+            r.from_address or str(r.delivery_id)
+            for r in context.reports
+            if r.state is ReportState.ACKNOWLEDGED
+        }
+        failed = [r for r in context.reports if r.state is ReportState.FAILED]
+        print(f"acknowledged by {len(acknowledged)}; failed reports: {len(failed)}")
+        return 0 if acknowledged and not failed else 1
+    finally:
+        await adapter.stop()
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    spec = next((s for s in config.adapters if s.name == args.name), None)
+    if spec is None:
+        names = ", ".join(s.name for s in config.adapters) or "none"
+        print(
+            f"no adapter instance named {args.name} in {config.path} (has: {names})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        wait = parse_duration(args.wait)
+    except ValueError as exc:
+        print(f"--wait: {exc}", file=sys.stderr)
+        return 2
+    dispatch = _test_dispatch(spec, args)
+    if isinstance(dispatch, str):
+        print(dispatch, file=sys.stderr)
+        return 2
+    return asyncio.run(_run_test(spec, dispatch, wait))

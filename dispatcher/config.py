@@ -134,6 +134,9 @@ class EngineConfig(_Model):
     drain_timeout: Seconds = 10.0
     #: Acknowledgements and status reports recorded per transaction.
     report_batch: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    #: A device that said it was online but has not been heard from for this long is shown
+    #: as silent (its heartbeats stopped without a last will; GET /v1/devices).
+    device_heartbeat_timeout: Annotated[Seconds, Field(gt=0)] = 300.0
 
 
 class AdapterInstanceConfig(_Model):

@@ -110,6 +110,7 @@ async def serve(
                 registry=registry,
                 confirm_household=engine.intake.submit_and_wait,
                 adapters=engine.adapter_status,
+                device_heartbeat_timeout=config.settings.engine.device_heartbeat_timeout,
             )
         )
         runner = web.AppRunner(

@@ -28,10 +28,17 @@ MAX_ID_LENGTH = 200
 
 #: States that only events record (``delivery_id`` NULL), never a delivery: the warning was
 #: accepted, its deliveries were written, every delivery reached a terminal state, and a grid
-#: member marked a household reached door to door. A stopped warning's own event is
+#: member marked a household reached door to door, and a village whose devices did not play
+#: fell back to people. A stopped warning's own event is
 #: ``superseded``, ``cancelled`` or ``expired``, the names its deliveries take. The engine
 #: adds a name here when it logs a new kind of event, so the ``state`` filter accepts it.
-EVENT_ONLY_STATES: tuple[str, ...] = ("received", "planned", "completed", "household_reached")
+EVENT_ONLY_STATES: tuple[str, ...] = (
+    "received",
+    "planned",
+    "completed",
+    "household_reached",
+    "village_fallback",
+)
 #: Every state an event can record; the ``state`` filter takes one of them.
 LOG_STATES: tuple[str, ...] = (*EVENT_ONLY_STATES, *(s.value for s in DeliveryState))
 

@@ -152,6 +152,7 @@ def plan_stages(
     if first is not None:
         stages.append(first)
     rules = [] if warning.msg_type is MsgType.CANCEL else _person_rules(level_policy)
+    guard = _fallback_guard(level_policy)
     tiers = sorted({r.tier for r in rules})
     for position, tier in enumerate(tiers):
         tier_rules = [r for r in rules if r.tier == tier]
@@ -165,7 +166,7 @@ def plan_stages(
                 for channel in _PERSON_CHANNELS
                 if (
                     statement := _person_statement(
-                        warning.id, channel, tier_rules, earlier, rest, now, chunk
+                        warning.id, channel, tier_rules, earlier, rest, now, chunk, guard
                     )
                 )
                 is not None
@@ -205,8 +206,9 @@ def plan_statements(warning: WarningRecord, policy: Policy, *, now: float) -> li
     if warning.msg_type is MsgType.CANCEL:
         return statements
     rules = _person_rules(level_policy)
+    guard = _fallback_guard(level_policy)
     for channel in _PERSON_CHANNELS:
-        statement = _person_statement(warning.id, channel, rules, [], rules, now, None)
+        statement = _person_statement(warning.id, channel, rules, [], rules, now, None, guard)
         if statement is not None:
             statements.append(statement)
     return statements
@@ -244,6 +246,20 @@ def _person_rules(level_policy: LevelPolicy) -> list[_PersonRule]:
         if rule.audience is not AudienceSelector.DEVICES
     ]
     return sorted(rules, key=lambda r: (r.selector.priority, order.index(r.selector)))
+
+
+def _fallback_guard(level_policy: LevelPolicy) -> int | None:
+    """The role bit of the level's village fallback people, if it has a fallback.
+
+    The engine adds a fallback person's deliveries when a village's devices did not play
+    (:mod:`dispatcher.store.sqlite_engine`), which can happen before the stage that plans
+    that person has committed: the person statements then leave out a (person, channel)
+    the engine has added already. Only people holding the role are looked up (about one in
+    75), so the check costs little."""
+    fallback = level_policy.device_fallback
+    if fallback is None or fallback.audience.role is None:
+        return None
+    return fallback.audience.role.bit
 
 
 def _device_statement(warning_id: str, kinds: list[DeviceKind], now: float) -> SqlStatement:
@@ -301,6 +317,7 @@ def _person_statement(
     rest: Sequence[_PersonRule],
     now: float,
     villages: VillageRange | None,
+    guard: int | None = None,
 ) -> SqlStatement | None:
     """The ``channel`` rows of the persons whose most urgent matching rule is one of
     ``tier_rules`` (``earlier``: the more urgent tiers' rules, whose persons are planned
@@ -341,6 +358,17 @@ def _person_statement(
         if villages.upto is not None:
             areas += " AND c.descendant <= ?"
             bounds.append(villages.upto)
+    guard_params: tuple[str, ...] = ()
+    if guard is not None:
+        # Not a (person, channel) the engine has added already (a village fallback).
+        # Only this warning's rows: from its first (a cadre has rows of every warning).
+        conditions.append(
+            f"((p.roles & {guard}) = 0 OR NOT EXISTS (SELECT 1 FROM deliveries d "
+            "WHERE d.target_id = p.id AND d.id >= (SELECT min(r.first_id) FROM "
+            f"delivery_ranges r WHERE r.warning_seq = {_WARNING_SEQ}) "
+            f"AND d.warning_seq = {_WARNING_SEQ} AND d.channel = ? AND d.audience != 'visit'))"
+        )
+        guard_params = (warning_id, warning_id, channel.value)
     where = "".join(f" AND {c}" for c in conditions)
     sql = (
         f"INSERT INTO deliveries ({_COLUMNS}) "
@@ -348,4 +376,6 @@ def _person_statement(
         f"{_state_sql(channel, tier_rules)}, 0, ?, ? "
         f"FROM persons p WHERE p.phone IS NOT NULL AND p.village_code IN ({areas}){where}"
     )
-    return SqlStatement(sql, (warning_id, channel.value, now, now, warning_id, *bounds))
+    return SqlStatement(
+        sql, (warning_id, channel.value, now, now, warning_id, *bounds, *guard_params)
+    )

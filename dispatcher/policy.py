@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from dispatcher.domain import Audience, Channel, DeviceKind, Level, Role
 from dispatcher.durations import Seconds
@@ -69,12 +69,69 @@ _ROLE = {
 }
 
 
+def _check_ladder(channels: tuple[Channel, ...]) -> None:
+    """A people ladder: sms and voice only, each once."""
+    bad = [c.value for c in channels if c not in (Channel.SMS, Channel.VOICE)]
+    if bad:
+        raise ValueError(f"people are reached by sms or voice; {', '.join(bad)} is for devices")
+    if len(set(channels)) != len(channels):
+        raise ValueError(
+            "channels is a ladder (first, then the next if not acknowledged): "
+            "name each channel once"
+        )
+
+
+class DeviceFallback(BaseModel):
+    """Who a village falls back to when none of its devices played a warning (offline,
+    failed, or no played report after every attempt): ``fallback = { audience =
+    "village_cadres", channels = ["voice", "sms"] }`` in a devices rule."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: A role selector: the people of that role in the village (grid_members: the members
+    #: of the village's grids).
+    audience: AudienceSelector
+    #: Their ladder: the first channel at once, the next if that is not acknowledged.
+    channels: tuple[Channel, ...]
+
+    # Field validators, so an error names its key (levels.red.rules[0].fallback.audience).
+    @field_validator("audience")
+    @classmethod
+    def _role_audience(cls, value: AudienceSelector) -> AudienceSelector:
+        if value.role is None:
+            roles = ", ".join(s.value for s in AudienceSelector if s.role is not None)
+            raise ValueError(
+                f"a village falls back to people of one role ({roles}), not {value.value}"
+            )
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _ladder(cls, value: tuple[Channel, ...]) -> tuple[Channel, ...]:
+        if not value:
+            raise ValueError("a fallback needs channels, e.g. ['voice', 'sms']")
+        _check_ladder(value)
+        return value
+
+
 class PolicyRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     audience: AudienceSelector
     channels: tuple[Channel, ...] = ()
     device_kinds: tuple[DeviceKind, ...] = ()
+    #: Devices rules only: whom a village's people hear from when its devices did not play.
+    fallback: DeviceFallback | None = None
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback_for_devices(
+        cls, value: DeviceFallback | None, info: ValidationInfo
+    ) -> DeviceFallback | None:
+        audience = info.data.get("audience")
+        if value is not None and audience is not None and audience is not AudienceSelector.DEVICES:
+            raise ValueError("fallback belongs only in a devices rule")
+        return value
 
     @model_validator(mode="after")
     def _check_channels(self) -> Self:
@@ -88,18 +145,9 @@ class PolicyRule(BaseModel):
         else:
             if not self.channels:
                 raise ValueError(f"a {self.audience.value} rule needs channels, e.g. ['sms']")
-            bad = [c.value for c in self.channels if c not in (Channel.SMS, Channel.VOICE)]
-            if bad:
-                raise ValueError(
-                    f"people are reached by sms or voice; {', '.join(bad)} is for devices"
-                )
+            _check_ladder(self.channels)
             if self.device_kinds:
                 raise ValueError("device_kinds belongs only in a devices rule")
-            if len(set(self.channels)) != len(self.channels):
-                raise ValueError(
-                    "channels is a ladder (first, then the next if not acknowledged): "
-                    "name each channel once"
-                )
         return self
 
 
@@ -116,6 +164,14 @@ class LevelPolicy(BaseModel):
     #: to visit the household.
     visit: bool = False
     rules: tuple[PolicyRule, ...] = Field(min_length=1)
+
+    @property
+    def device_fallback(self) -> DeviceFallback | None:
+        """The devices rule's fallback, if it has one."""
+        for rule in self.rules:
+            if rule.audience is AudienceSelector.DEVICES:
+                return rule.fallback
+        return None
 
     @model_validator(mode="after")
     def _one_rule_per_audience(self) -> Self:

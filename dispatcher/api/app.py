@@ -11,6 +11,7 @@ from dispatcher.api import (
     routes_admin,
     routes_areas,
     routes_coverage,
+    routes_devices,
     routes_log,
     routes_ops,
     routes_warnings_read,
@@ -31,6 +32,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *routes_coverage.ENDPOINTS,
     *routes_admin.ENDPOINTS,
     *routes_areas.ENDPOINTS,
+    *routes_devices.ENDPOINTS,
     *routes_log.ENDPOINTS,
     *routes_ops.ENDPOINTS,
 )

@@ -31,6 +31,9 @@ class ApiDeps:
     confirm_household: Callable[[HouseholdConfirmation], Awaitable[AckOutcome]] | None = None
     #: The engine's adapter instances and their state (None: no engine runs).
     adapters: Callable[[], list[dict[str, object]]] | None = None
+    #: ``[engine] device_heartbeat_timeout``: a device online but not heard from for longer
+    #: is listed as silent (GET /v1/devices).
+    device_heartbeat_timeout: float = 300.0
 
 
 DEPS_KEY = web.AppKey("tocsin_api_deps", ApiDeps)

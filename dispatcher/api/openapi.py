@@ -18,6 +18,7 @@ from dispatcher.api.request_input import CAP_MEDIA_TYPES, IDEMPOTENCY_HEADER, JS
 from dispatcher.api.routing import Endpoint
 from dispatcher.domain import AreaLevel, Channel, DeviceKind, Status, WarningState
 from dispatcher.log_query import DEFAULT_PAGE, LOG_STATES, MAX_ID_LENGTH, MAX_PAGE
+from dispatcher.store.base import DeviceState
 from dispatcher.warning_input import CancelRequest, WarningChange, WarningInput
 
 OPENAPI_KEY = web.AppKey("tocsin_openapi", dict[str, Any])
@@ -198,6 +199,56 @@ _COVERAGE_SCHEMAS: dict[str, Schema] = {
     ),
 }
 
+#: Devices and their connection state (dispatcher/api/routes_devices.py).
+_DEVICE_SCHEMAS: dict[str, Schema] = {
+    "DeviceState": {
+        "type": "string",
+        "enum": [s.value for s in DeviceState],
+        "description": "online / offline as the device's adapter last reported it; silent: "
+        "online, but not heard from for longer than the heartbeat timeout; unknown: never "
+        "heard from",
+    },
+    "Device": {
+        **_object(
+            {
+                "id": _nullable(_STRING),
+                "registered": {"type": "boolean"},
+                "kind": _nullable({"type": "string", "enum": [k.value for k in DeviceKind]}),
+                "name": _STRING,
+                "adapter": _STRING,
+                "address": _STRING,
+                "area_code": _nullable(_STRING),
+                "areas": {"type": "array", "items": _STRING},
+                "state": _ref("DeviceState"),
+                "last_seen": _nullable(_DATETIME),
+                "detail": {"type": "object"},
+            }
+        ),
+        "description": "A directory device with its state (area_code: where it is installed; "
+        "areas: what its broadcast reaches), or, with registered false, a status heard from an "
+        "address no directory device has (id, kind and area_code null). detail: what the "
+        "device says of itself (firmware, volume, signal …)",
+    },
+    "DeviceList": _object(
+        {
+            "devices": {"type": "array", "items": _ref("Device")},
+            "counts": {
+                **_object({s.value: _COUNT for s in DeviceState}),
+                "description": "every device the filters other than `state` match, by state",
+            },
+            "heartbeat_timeout": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "description": "seconds; [engine] device_heartbeat_timeout",
+            },
+            "as_of": _DATETIME,
+            "next": _nullable(
+                {"type": "string", "description": "pass as `after` for the following page"}
+            ),
+        }
+    ),
+}
+
 _RESPONSE_SCHEMAS: dict[str, Schema] = {
     "Error": _object(
         {
@@ -355,6 +406,7 @@ _RESPONSE_SCHEMAS: dict[str, Schema] = {
         }
     ),
     "AdapterList": _object({"adapters": {"type": "array", "items": _ref("AdapterStatus")}}),
+    **_DEVICE_SCHEMAS,
     **_COVERAGE_SCHEMAS,
     "LogEvent": {
         **_object(
@@ -700,6 +752,86 @@ def _coverage_operations() -> dict[str, Schema]:
     }
 
 
+def _device_operations() -> dict[str, Schema]:
+    return {
+        "listDevices": {
+            "tags": ["directory"],
+            "summary": "Devices and their connection state: a page, by id, with counts by state",
+            "description": "Each directory device with its state as its adapter last reported "
+            "it: `online`, `offline` (a last will), `silent` (online, but not heard from for "
+            "longer than `heartbeat_timeout`), `unknown` (never heard from); when it was last "
+            "heard from and what it says of itself. `counts` counts every device the filters "
+            "other than `state` match. With `unregistered=true`: the statuses heard from "
+            "addresses no directory device has (by adapter and address). docs/api.md.",
+            "parameters": [
+                _query(
+                    "area",
+                    {"type": "string", "pattern": _AREA_CODE_PATTERN},
+                    "an area code (12 digits, or 6 for GB2260): devices installed in it or "
+                    "beneath it",
+                ),
+                _query(
+                    "kind",
+                    {"type": "string", "enum": [k.value for k in DeviceKind]},
+                    "only devices of this kind",
+                ),
+                _query(
+                    "adapter",
+                    {"type": "string", "minLength": 1, "maxLength": 100},
+                    "only devices of this adapter instance",
+                ),
+                _query("state", _ref("DeviceState"), "only devices in this state"),
+                _query(
+                    "unregistered",
+                    {"type": "boolean", "default": False},
+                    "true: list the statuses heard from addresses no directory device has "
+                    "(`area` and `kind` do not apply)",
+                ),
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                    "page size",
+                ),
+                _query(
+                    "after",
+                    {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 1400,
+                        "pattern": "^[A-Za-z0-9_-]+$",
+                    },
+                    "the `next` of the previous page (with the same `unregistered`)",
+                ),
+            ],
+            "responses": {
+                "200": _json("A page of devices", "DeviceList"),
+                "400": _error(
+                    400,
+                    "A malformed parameter or cursor, an `area` that is no area, or `area` or "
+                    "`kind` with `unregistered=true`; `field` names it",
+                ),
+            },
+        },
+        "getDevice": {
+            "tags": ["directory"],
+            "summary": "One device and its connection state",
+            "parameters": [
+                {
+                    "name": "id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "description": "the device's id in the directory",
+                }
+            ],
+            "responses": {
+                "200": _json("The device", "Device"),
+                "404": _error(404, "No such device"),
+            },
+        },
+    }
+
+
 def _write_operation(
     summary: str, body: Schema, *, body_required: bool = True, on_warning: bool = False
 ) -> Schema:
@@ -898,6 +1030,7 @@ def _operations() -> dict[str, Schema]:
         },
         **_log_operations(),
         **_coverage_operations(),
+        **_device_operations(),
         "healthz": {
             "tags": ["operations"],
             "summary": "Liveness: the process answers",

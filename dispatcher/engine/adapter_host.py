@@ -1,6 +1,6 @@
 """One configured adapter instance inside the engine: its lifecycle (start, "not ready" and
 retry with backoff, stop), its rate limit, its circuit breaker, and the narrow context it
-reports through."""
+reports through (acknowledgements, and its devices' state)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from dispatcher.adapter import (
     Accepted,
     Adapter,
     AdapterNotReady,
+    DeviceStatus,
     Dispatch,
     Failed,
     Outcome,
@@ -31,11 +32,18 @@ log = structlog.get_logger(__name__)
 
 
 class _Context:
-    """What the adapter sees of the daemon: its name and a way to report."""
+    """What the adapter sees of the daemon: its name, a way to report, and a way to tell its
+    devices' state."""
 
-    def __init__(self, name: str, sink: Callable[[str, Report], None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        sink: Callable[[str, Report], None],
+        status_sink: Callable[[str, DeviceStatus], None] | None = None,
+    ) -> None:
         self._name = name
         self._sink = sink
+        self._status_sink = status_sink
 
     @property
     def adapter_name(self) -> str:
@@ -43,6 +51,10 @@ class _Context:
 
     def report(self, report: Report) -> None:
         self._sink(self._name, report)
+
+    def device_status(self, status: DeviceStatus) -> None:
+        if self._status_sink is not None:
+            self._status_sink(self._name, status)
 
 
 class AdapterHost:
@@ -52,6 +64,7 @@ class AdapterHost:
         report_sink: Callable[[str, Report], None],
         *,
         start_backoff: Backoff | None = None,
+        status_sink: Callable[[str, DeviceStatus], None] | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -62,7 +75,7 @@ class AdapterHost:
         )
         self.in_flight = 0
         self.max_in_flight = spec.config.concurrency
-        self._context = _Context(spec.name, report_sink)
+        self._context = _Context(spec.name, report_sink, status_sink)
         self._start_backoff = start_backoff or Backoff(base=1.0, cap=60.0)
         self._ready = False
         self.start_failures = 0

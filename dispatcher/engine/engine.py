@@ -1,4 +1,5 @@
-"""The engine: one claim loop per channel, a timer sweep, and the acknowledgement intake.
+"""The engine: one claim loop per channel, a timer sweep, the acknowledgement intake, and the
+book of devices' state.
 
 A channel's loop claims as many due deliveries as its adapter instances can take now (rate
 limit, concurrency, circuit breaker), most urgent first, and hands each instance its share as a
@@ -29,10 +30,11 @@ from dispatcher.engine.ack_intake import AckIntake
 from dispatcher.engine.adapter_host import AdapterHost
 from dispatcher.engine.backoff import Backoff
 from dispatcher.engine.decide import decide, put_back
+from dispatcher.engine.device_status import DeviceStatusBook, DeviceStatusStore
 from dispatcher.engine.message_text import render_text
-from dispatcher.engine.types import ClaimedDelivery, LevelRules, Transition
+from dispatcher.engine.types import ClaimedDelivery, LevelRules, Transition, VillageFallback
 from dispatcher.planner import DEVICE_PRIORITY
-from dispatcher.policy import AudienceSelector, Policy
+from dispatcher.policy import AudienceSelector, LevelPolicy, Policy
 from dispatcher.store.sqlite_engine import VISIT_PRIORITY, SqliteEngineOps
 
 log = structlog.get_logger(__name__)
@@ -64,8 +66,23 @@ def level_rules(policy: Policy, engine: EngineConfig) -> dict[str, LevelRules]:
             ),
             max_attempts=lp.max_attempts,
             visit=bool(getattr(lp, "visit", False)),
+            fallback=_village_fallback(lp),
         )
     return rules
+
+
+def _village_fallback(lp: LevelPolicy) -> VillageFallback | None:
+    fallback = lp.device_fallback
+    if fallback is None or fallback.audience.role is None:
+        return None
+    return VillageFallback(
+        selector=fallback.audience.value,
+        role_bit=fallback.audience.role.bit,
+        channels=tuple(c.value for c in fallback.channels),
+        audience=fallback.audience.audience.value,
+        # The village lost its loudspeaker: whoever stands in for it goes with the grid members.
+        priority=AudienceSelector.GRID_MEMBERS.priority,
+    )
 
 
 class Engine:
@@ -97,7 +114,14 @@ class Engine:
             registry=registry,
             on_applied=self.wake,
         )
-        self.hosts = [AdapterHost(spec, self.intake.report) for spec in adapters]
+        #: Devices' online/offline state as their adapters report it, written in batches.
+        self.devices = DeviceStatusBook(
+            store if isinstance(store, DeviceStatusStore) else None, registry=registry
+        )
+        self.hosts = [
+            AdapterHost(spec, self.intake.report, status_sink=self.devices.record)
+            for spec in adapters
+        ]
         self._routes: dict[str, list[AdapterHost]] = {c.value: [] for c in Channel}
         for host in self.hosts:
             host.on_ready = self.wake
@@ -136,6 +160,7 @@ class Engine:
         if reclaimed:
             log.warning("deliveries in flight at the last stop are due again", count=reclaimed)
         self.intake.start()
+        self.devices.start()
         for host in self.hosts:
             host.start()
         for channel, hosts in self._routes.items():
@@ -176,6 +201,8 @@ class Engine:
         await self.intake.stop(drain_seconds=drain)
         for host in self.hosts:
             await host.stop()
+        # After the adapters: what they reported up to their stop is written too.
+        await self.devices.stop()
         self._started = False
 
     # -- claim loop -----------------------------------------------------------------------------

@@ -43,6 +43,13 @@ def render_text(warning: WarningContent, *, audience: str, households: tuple[str
         )
     instruction = f"{warning.instruction}。" if warning.instruction else ""
     update = "【更新】" if warning.msg_type is MsgType.UPDATE else ""
+    if audience == Audience.DEVICE.value:
+        # Read aloud by loudspeakers and transmitters: the whole warning, and no reply to ask for.
+        description = f"{warning.description}。" if warning.description else ""
+        return (
+            f"{prefix}【{level}】{update}{warning.headline}。{description}{instruction}"
+            f"有效至{until}。"
+        ).replace("。。", "。")
     return (
         f"{prefix}【{level}】{update}{warning.headline}。{instruction}有效至{until}。收到请回复1。"
     )

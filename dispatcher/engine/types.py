@@ -13,6 +13,23 @@ from dispatcher.domain import DeliveryState
 
 
 @dataclass(frozen=True, slots=True)
+class VillageFallback:
+    """Whom a village falls back to when none of its devices played a warning (the devices
+    rule's ``fallback`` in the policy)."""
+
+    #: The policy's audience selector, e.g. "village_cadres" (for the log).
+    selector: str
+    #: The bit of ``persons.roles`` they hold; "grid_members" selects the village's grids'
+    #: members instead.
+    role_bit: int
+    #: Their ladder: the first channel at once, the rest held behind it.
+    channels: tuple[str, ...]
+    #: ``deliveries.audience`` and ``priority`` of the deliveries added for them.
+    audience: str
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
 class LevelRules:
     """The parts of a level's policy the engine applies to each delivery."""
 
@@ -20,6 +37,7 @@ class LevelRules:
     device_ack_timeout: float
     max_attempts: int
     visit: bool
+    fallback: VillageFallback | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -291,6 +291,80 @@ def mask_phone(phone: str | None) -> str | None:
     return phone[:6] + "****" + phone[-4:]
 
 
+# -- devices -------------------------------------------------------------------------------
+class DeviceState(enum.StrEnum):
+    """A device's connection state as its adapter last reported it (GET /v1/devices)."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+    #: It said it was online, but nothing was heard from it for longer than the heartbeat
+    #: timeout: its heartbeats stopped without a last will (a broker restart, a power cut).
+    SILENT = "silent"
+    #: Never heard from.
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatusRecord:
+    """One device's newest state, as the engine stores it (``device_status``)."""
+
+    adapter: str
+    #: The address the adapter knows it by (for a directory device: ``devices.address``, or
+    #: its id when it has none).
+    address: str
+    online: bool
+    #: When it was last heard from (unix seconds, the adapter's clock).
+    last_seen: float
+    #: What it says of itself, as JSON text (an object).
+    detail_json: str
+    #: When the daemon recorded it (unix seconds).
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceQuery:
+    """Which devices to list; the filters combine with AND."""
+
+    #: Installed in this area or beneath it (12-digit code).
+    area: str | None = None
+    kind: str | None = None
+    adapter: str | None = None
+    state: DeviceState | None = None
+    #: List the statuses heard from addresses no directory device has, instead of the
+    #: directory's devices (``area`` and ``kind`` do not apply to them).
+    unregistered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """A directory device with its state, or a status heard from an unregistered address."""
+
+    #: None: the address is in no directory device (nor are kind, name and area_code known).
+    id: str | None
+    kind: str | None
+    name: str
+    adapter: str
+    address: str
+    #: Where it is installed.
+    area_code: str | None
+    #: The areas its broadcast reaches (device_areas), by code.
+    areas: tuple[str, ...]
+    state: DeviceState
+    #: Unix seconds; None when never heard from.
+    last_seen: float | None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePage:
+    devices: list[DeviceRow]
+    #: Pass as ``after`` for the next page; None on the last page.
+    next: str | None
+    #: Every device the query's filters other than ``state`` match, by state (each state
+    #: present): what an installer reads as "4,812 online, 150 offline, 38 silent".
+    counts: dict[str, int]
+
+
 class Store(Protocol):
     async def close(self) -> None: ...
 
@@ -436,3 +510,28 @@ class Store(Protocol):
     async def check_household_confirmation(
         self, warning_id: str, household_id: str, person_id: str
     ) -> ConfirmationCheck: ...
+
+    # -- devices -----------------------------------------------------------------------------
+    async def record_device_status(self, statuses: Sequence[DeviceStatusRecord]) -> int:
+        """Upsert devices' newest states in one write transaction; a status older (by
+        ``last_seen``) than the one stored for its device is skipped. Returns the rows
+        written."""
+
+    async def list_devices(
+        self,
+        query: DeviceQuery,
+        *,
+        now: float,
+        heartbeat_timeout: float,
+        after: str | None = None,
+        limit: int,
+    ) -> DevicePage:
+        """A page of devices with their state, by id (unregistered ones by adapter and
+        address), and the counts by state; a device online but not heard from for more than
+        ``heartbeat_timeout`` seconds before ``now`` is silent. ``after`` is the ``next`` of
+        the previous page (InvalidCursor when it is not one)."""
+
+    async def get_device(
+        self, device_id: str, *, now: float, heartbeat_timeout: float
+    ) -> DeviceRow | None:
+        """One directory device with its state; None when there is no such device."""

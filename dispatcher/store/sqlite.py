@@ -41,6 +41,7 @@ from dispatcher.store.base import (
 from dispatcher.store.migrations import migrate_sqlite
 from dispatcher.store.sqlite_base import SqliteConnections
 from dispatcher.store.sqlite_coverage import SqliteCoverageQueries
+from dispatcher.store.sqlite_devices import SqliteDeviceQueries
 from dispatcher.store.sqlite_engine import SqliteEngineOps
 from dispatcher.store.sqlite_log import SqliteLogQueries
 from dispatcher.store.sqlite_stop import log_warning_event as _log_warning_event
@@ -96,7 +97,13 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
-class SqliteStore(SqliteEngineOps, SqliteLogQueries, SqliteCoverageQueries, SqliteConnections):
+class SqliteStore(
+    SqliteEngineOps,
+    SqliteLogQueries,
+    SqliteCoverageQueries,
+    SqliteDeviceQueries,
+    SqliteConnections,
+):
     """The :class:`dispatcher.store.base.Store` on one SQLite file."""
 
     @classmethod

@@ -519,6 +519,31 @@ class SqliteDirectory:
                 tuple(sorted(serves.split(";"))) if serves else (),
             )
 
+    def devices_with_areas(
+        self, adapter: str, kind: DeviceKind = DeviceKind.LOUDSPEAKER
+    ) -> list[tuple[str, tuple[str, ...]]]:
+        """``(address, areas)`` of the devices of ``kind`` served by adapter instance
+        ``adapter``, by device id: the address (the device id when it is empty), then the area
+        the device is installed in followed by each of its ancestors, nearest first (what
+        ``tocsin simulate speakers --adapter`` runs a fleet of)."""
+        devices = self.conn.execute(
+            "SELECT id, address, area_code FROM devices WHERE kind = ? AND adapter = ? ORDER BY id",
+            (kind.value, adapter),
+        ).fetchall()
+        ancestors: dict[str, list[str]] = {}
+        rows = self.conn.execute(
+            "SELECT descendant, ancestor FROM area_closure WHERE descendant IN "
+            "(SELECT area_code FROM devices WHERE kind = ? AND adapter = ?) "
+            "ORDER BY descendant, depth",
+            (kind.value, adapter),
+        )
+        for descendant, ancestor in rows:
+            ancestors.setdefault(descendant, []).append(ancestor)
+        return [
+            (address or device_id, tuple(ancestors.get(area_code) or [area_code]))
+            for device_id, address, area_code in devices
+        ]
+
 
 if TYPE_CHECKING:  # mypy checks that the class keeps satisfying both protocols
 

@@ -35,6 +35,7 @@ from dispatcher.engine.types import (
     RecordResult,
     SweepResult,
     Transition,
+    VillageFallback,
 )
 from dispatcher.store.sqlite_base import SqliteConnections
 from dispatcher.store.sqlite_counts import bump_state_counts
@@ -72,10 +73,17 @@ class _WarningInfo:
     level: str
     expires: float
     state: str
+    msg_type: str = MsgType.ALERT.value
+    status: str = Status.ACTUAL.value
     #: Whether any of its deliveries are held / for household contacts (None: not looked up).
     has_held: bool | None = None
     has_household_steps: bool | None = None
     covered_villages: frozenset[str] | None = None
+    #: Its first delivery id and the id before its first event (None: not looked up): a
+    #: target's rows of other warnings (devices have one per warning and test broadcast)
+    #: are skipped through the target indexes' rowid.
+    first_delivery: int | None = None
+    events_after: int | None = None
 
 
 @dataclass(slots=True)
@@ -102,6 +110,18 @@ class _Batch:
     persons: dict[str, tuple[str | None, str, str | None, str]] = field(default_factory=dict)
     device_addresses: dict[str, str] = field(default_factory=dict)
     grids: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    #: (warning id, device address) → the device delivery a report names that way (None:
+    #: none), read ahead for a batch of device acknowledgements.
+    device_acks: dict[tuple[str, str], int | None] = field(default_factory=dict)
+    #: Device → the villages it serves (read ahead for a batch of device reports).
+    device_villages: dict[str, list[str]] = field(default_factory=dict)
+    #: Warning seq → its covered villages, kept by the store across batches (a warning's
+    #: areas never change): a city-wide warning covers thousands of villages.
+    covered_cache: dict[int, frozenset[str]] = field(default_factory=dict)
+    #: (warning seq, village) fallen back in this batch (their events are not written yet).
+    fallen: set[tuple[int, str]] = field(default_factory=set)
+    #: Deliveries added to each warning in this batch (village fallbacks), for its ranges.
+    added: dict[int, list[int]] = field(default_factory=dict)
 
     def set_state(self, row: _Row, state: str) -> None:
         if row.id in self.rows:
@@ -120,8 +140,10 @@ class _Batch:
     def covered_villages(self, seq: int) -> frozenset[str]:
         """The villages under the warning's areas (a device reaches only these for it)."""
         info = self.warning(seq)
+        if info.covered_villages is None and seq in self.covered_cache:
+            info.covered_villages = self.covered_cache[seq]
         if info.covered_villages is None:
-            info.covered_villages = frozenset(
+            info.covered_villages = self.covered_cache[seq] = frozenset(
                 r[0]
                 for r in self.conn.execute(
                     "SELECT c.descendant FROM area_closure c JOIN areas a ON a.code = "
@@ -131,6 +153,26 @@ class _Batch:
                 )
             )
         return info.covered_villages
+
+    def first_delivery(self, seq: int) -> int:
+        """The warning's lowest delivery id (its plan's first row)."""
+        info = self.warning(seq)
+        if info.first_delivery is None:
+            (first,) = self.conn.execute(
+                "SELECT min(first_id) FROM delivery_ranges WHERE warning_seq = ?", (seq,)
+            ).fetchone()
+            info.first_delivery = 0 if first is None else int(first)
+        return info.first_delivery
+
+    def events_after(self, seq: int) -> int:
+        """An event id below every event of the warning."""
+        info = self.warning(seq)
+        if info.events_after is None:
+            (first,) = self.conn.execute(
+                "SELECT min(id) FROM delivery_events WHERE warning_id = ?", (info.id,)
+            ).fetchone()
+            info.events_after = 0 if first is None else int(first) - 1
+        return info.events_after
 
     def has_household_steps(self, seq: int) -> bool:
         info = self.warning(seq)
@@ -146,10 +188,18 @@ class _Batch:
         info = self.warnings.get(seq)
         if info is None:
             row = self.conn.execute(
-                "SELECT seq, id, level, expires, state FROM warnings WHERE seq = ?", (seq,)
+                "SELECT seq, id, level, expires, state, msg_type, status FROM warnings "
+                "WHERE seq = ?",
+                (seq,),
             ).fetchone()
             info = _WarningInfo(
-                row[0], row[1], row[2], datetime.fromisoformat(row[3]).timestamp(), row[4]
+                row[0],
+                row[1],
+                row[2],
+                datetime.fromisoformat(row[3]).timestamp(),
+                row[4],
+                row[5],
+                row[6],
             )
             self.warnings[seq] = info
         return info
@@ -203,6 +253,13 @@ class _Batch:
             )
         for seq, deltas in self.state_deltas.items():
             bump_state_counts(self.conn, seq, deltas)
+        for seq, ids in self.added.items():
+            # A warning's deliveries are found through its rowid ranges (a Cancel or an
+            # Update stops them that way): one range per run of consecutive ids.
+            self.conn.executemany(
+                "INSERT INTO delivery_ranges (warning_seq, first_id, last_id) VALUES (?, ?, ?)",
+                [(seq, first, last) for first, last in _runs(ids)],
+            )
         if self.coverage:
             self.conn.executemany(
                 "INSERT INTO coverage_counts (warning_seq, village_code, kind, n) "
@@ -233,6 +290,16 @@ def _row(values: Sequence[Any]) -> _Row:
 
 class SqliteEngineOps(SqliteConnections):
     """Mixed into :class:`dispatcher.store.sqlite.SqliteStore`."""
+
+    #: How many warnings' covered villages are kept between acknowledgement batches.
+    _COVERED_KEPT = 64
+
+    def _covered_villages_cache(self) -> dict[int, frozenset[str]]:
+        cache: dict[int, frozenset[str]] | None = getattr(self, "_covered_villages", None)
+        if cache is None or len(cache) > self._COVERED_KEPT:
+            cache = {}
+            self._covered_villages: dict[int, frozenset[str]] = cache
+        return cache
 
     # -- claiming ------------------------------------------------------------------------------
     async def claim_due(
@@ -358,8 +425,10 @@ class SqliteEngineOps(SqliteConnections):
     ) -> list[AckOutcome]:
         """Apply acknowledgements and status reports, once each, in one transaction."""
 
+        covered = self._covered_villages_cache()
+
         def run(conn: sqlite3.Connection) -> list[AckOutcome]:
-            batch = _Batch(conn, now, levels, visit_delay)
+            batch = _Batch(conn, now, levels, visit_delay, covered_cache=covered)
             _read_ahead(batch, acks)
             outcomes = [_apply_ack(batch, ack, retry_delay) for ack in acks]
             batch.flush()
@@ -430,6 +499,14 @@ class SqliteEngineOps(SqliteConnections):
                     expires=datetime.fromisoformat(row[10]),
                     audio_url=row[11],
                     audio_sha256=row[12],
+                    # What this Update or Cancel replaces: devices stop playing those.
+                    references=tuple(
+                        r[0]
+                        for r in conn.execute(
+                            "SELECT id FROM warnings WHERE superseded_by = ? ORDER BY seq",
+                            (row[0],),
+                        )
+                    ),
                 )
             return out
 
@@ -753,7 +830,11 @@ def _log_outcome_only(
 # -- escalation ---------------------------------------------------------------------------------
 def _escalate(batch: _Batch, row: _Row, why: str) -> None:
     """``row`` ended without an acknowledgement: release the target's next held step, or, when
-    the ladder is exhausted, task the household's grid member to visit."""
+    the ladder is exhausted, task the household's grid member to visit. A device's villages
+    that no device played the warning in fall back to people (:func:`_fall_back_villages`)."""
+    if row.audience == Audience.DEVICE.value:
+        _fall_back_villages(batch, row, why)
+        return
     if row.audience not in _PEOPLE_AUDIENCES:
         return
     siblings = [
@@ -887,6 +968,227 @@ def _add_visit(batch: _Batch, row: _Row) -> None:
     )
 
 
+# -- village fallback ---------------------------------------------------------------------------
+#: The log's event for a village falling back to people (``delivery_id`` NULL; ``target_id``
+#: the device whose end set it off, ``area_code`` the village).
+VILLAGE_FALLBACK_EVENT = "village_fallback"
+_TERMINAL_SQL = ",".join(f"'{s}'" for s in sorted(_TERMINAL))
+
+
+def _fall_back_villages(batch: _Batch, row: _Row, why: str) -> None:
+    """Device delivery ``row`` ended without playing (failed, or unacknowledged after its
+    attempts). Each village it was for falls back to the level's fallback people when no
+    device there played the warning or still may: no other device delivery of the warning
+    serving the village is open, and the village is not reached. Once per village and
+    warning; only for an active Alert or Update (a Test checks the devices themselves)."""
+    seq = row.warning_seq
+    info = batch.warning(seq)
+    rules = batch.levels.get(info.level)
+    fallback = rules.fallback if rules is not None else None
+    if (
+        fallback is None
+        or info.state != WarningState.ACTIVE.value
+        or info.msg_type == MsgType.CANCEL.value
+        or info.status == Status.TEST.value
+        or batch.now >= info.expires
+    ):
+        return
+    conn = batch.conn
+    for village in _device_villages(batch, row):
+        if (seq, village) in batch.fallen:
+            continue
+        if conn.execute(
+            "SELECT 1 FROM reached WHERE warning_seq = ? AND kind = 'village' AND target_id = ?",
+            (seq, village),
+        ).fetchone():
+            continue
+        devices = [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT da.device_id FROM area_closure c JOIN device_areas da "
+                "ON da.area_code = c.ancestor WHERE c.descendant = ?",
+                (village,),
+            )
+        ]
+        marks = ",".join("?" * len(devices))
+        if conn.execute(
+            f"SELECT 1 FROM deliveries WHERE target_id IN ({marks}) AND id >= ? "
+            "AND warning_seq = ? AND audience = 'device' AND id != ? "
+            f"AND state NOT IN ({_TERMINAL_SQL}) LIMIT 1",
+            (*devices, batch.first_delivery(seq), seq, row.id),
+        ).fetchone():
+            continue  # another device may still play it
+        if conn.execute(
+            "SELECT 1 FROM delivery_events INDEXED BY delivery_events_target "
+            f"WHERE target_id IN ({marks}) AND id > ? AND warning_id = ? AND state = ? "
+            "AND area_code = ? LIMIT 1",
+            (*devices, batch.events_after(seq), info.id, VILLAGE_FALLBACK_EVENT, village),
+        ).fetchone():
+            continue  # fell back already
+        batch.fallen.add((seq, village))
+        _fall_back_village(batch, row, village, fallback, why)
+
+
+def _fall_back_village(
+    batch: _Batch, device: _Row, village: str, fallback: VillageFallback, why: str
+) -> None:
+    """Reach ``village``'s fallback people at once: release their held step on the
+    fallback's first channel, or add one (pending, due now) with the rest of the fallback's
+    ladder held behind it; nothing for those who acknowledged already."""
+    conn = batch.conn
+    seq = device.warning_seq
+    if fallback.selector == "grid_members":
+        people = conn.execute(
+            "SELECT DISTINCT p.id, p.village_code FROM grids g "
+            "JOIN grid_members gm ON gm.grid_id = g.id JOIN persons p ON p.id = gm.person_id "
+            "WHERE g.village_code = ? AND p.phone IS NOT NULL ORDER BY p.id",
+            (village,),
+        ).fetchall()
+    else:
+        people = conn.execute(
+            "SELECT id, village_code FROM persons WHERE village_code = ? AND roles != 0 "
+            "AND (roles & ?) != 0 AND phone IS NOT NULL ORDER BY id",
+            (village, fallback.role_bit),
+        ).fetchall()
+    reason = f"village {village} devices did not play ({device.target_id} {why}): fallback"
+    first, *later = fallback.channels
+    released: list[int] = []
+    added: list[int] = []
+    reached = 0
+    for person_id, person_village in people:
+        if conn.execute(
+            "SELECT 1 FROM reached WHERE warning_seq = ? AND kind = 'person' AND target_id = ?",
+            (seq, person_id),
+        ).fetchone():
+            reached += 1
+            continue
+        steps = [
+            _row(r)
+            for r in conn.execute(
+                f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE target_id = ? AND id >= ? "
+                "AND warning_seq = ? AND audience != 'visit' ORDER BY priority, id",
+                (person_id, batch.first_delivery(seq), seq),
+            )
+        ]
+        # Their deliveries keep one audience (a grid member stays one).
+        audience = steps[0].audience if steps else fallback.audience
+        on_first = [s for s in steps if s.channel == first]
+        held = [s for s in on_first if s.state == DeliveryState.HELD.value]
+        if held:
+            step = held[0]
+            conn.execute(
+                "UPDATE deliveries SET state = 'pending', due_at = ?, updated_at = ? WHERE id = ?",
+                (batch.now, batch.now, step.id),
+            )
+            batch.set_state(step, "pending")
+            batch.move(seq, "held", "pending")
+            batch.event(
+                seq,
+                step.id,
+                "pending",
+                attempt=step.attempts,
+                reason=reason,
+                detail={"village": village, "after_delivery": device.id},
+                target_id=person_id,
+                channel=step.channel,
+                area_code=step.area_code,
+            )
+            released.append(step.id)
+        elif not on_first:
+            added.append(
+                _add_fallback_step(batch, seq, person_id, person_village, audience, first, fallback)
+            )
+            batch.event(
+                seq,
+                added[-1],
+                "pending",
+                reason=reason,
+                detail={"village": village, "after_delivery": device.id},
+                target_id=person_id,
+                channel=first,
+                area_code=person_village,
+            )
+        channels = {s.channel for s in steps}
+        for channel in later:
+            if channel in channels:
+                continue  # they get it already (one message per channel)
+            step_id = _add_fallback_step(
+                batch, seq, person_id, person_village, audience, channel, fallback, held=True
+            )
+            batch.event(
+                seq,
+                step_id,
+                "held",
+                reason=reason,
+                detail={"village": village, "after_delivery": device.id},
+                target_id=person_id,
+                channel=channel,
+                area_code=person_village,
+            )
+    batch.escalated += len(released) + len(added)
+    batch.event(
+        seq,
+        None,
+        VILLAGE_FALLBACK_EVENT,
+        attempt=device.attempts,
+        reason=(
+            f"{reason} to {fallback.selector} by {', '.join(fallback.channels)}"
+            + ("" if people else f"; no {fallback.selector} with a phone in the village")
+        ),
+        detail={
+            "village": village,
+            "after_delivery": device.id,
+            "audience": fallback.selector,
+            "channels": list(fallback.channels),
+            "people": len(people),
+            "released": released,
+            "added": added,
+            "already_reached": reached,
+        },
+        target_id=device.target_id,
+        channel=device.channel,
+        area_code=village,
+    )
+
+
+def _add_fallback_step(
+    batch: _Batch,
+    seq: int,
+    person_id: str,
+    area_code: str,
+    audience: str,
+    channel: str,
+    fallback: VillageFallback,
+    *,
+    held: bool = False,
+) -> int:
+    """Insert one delivery of a fallback ladder (not part of the plan's counts: the plan is
+    what was planned; the log and the state counts have it)."""
+    state = DeliveryState.HELD.value if held else DeliveryState.PENDING.value
+    cursor = batch.conn.execute(
+        "INSERT INTO deliveries (warning_seq, audience, target_id, channel, area_code, "
+        "priority, state, attempts, due_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+        (
+            seq,
+            audience,
+            person_id,
+            channel,
+            area_code,
+            fallback.priority,
+            state,
+            batch.now,
+            batch.now,
+        ),
+    )
+    delivery_id = int(cursor.lastrowid or 0)
+    batch.added.setdefault(seq, []).append(delivery_id)
+    deltas = batch.state_deltas.setdefault(seq, {})
+    deltas[state] = deltas.get(state, 0) + 1
+    if held:
+        batch.warning(seq).has_held = True
+    return delivery_id
+
+
 # -- acknowledgements ---------------------------------------------------------------------------
 def _apply_ack(batch: _Batch, ack: Ack, retry_delay: RetryDelay) -> AckOutcome:
     if isinstance(ack, HouseholdConfirmation):
@@ -915,11 +1217,21 @@ def _find_delivery(batch: _Batch, ack: AdapterAck) -> tuple[_Row | None, str]:
             ref_id = int(ref[0])
         return _delivery(batch, ref_id)
     if report.from_address:
+        if report.warning_id is not None:
+            # A device's report names the warning it played and itself.
+            device_row = _device_delivery(batch, report.warning_id, report.from_address)
+            if device_row is not None:
+                return device_row, ""
         persons = [
             r[0]
             for r in conn.execute("SELECT id FROM persons WHERE phone = ?", (report.from_address,))
         ]
         if not persons:
+            if report.warning_id is not None:
+                return None, (
+                    f"warning {report.warning_id} has no delivery to a device at "
+                    f"{report.from_address!r}, and no person has that phone"
+                )
             return None, "the sender is not in the directory"
         marks = ",".join("?" * len(persons))
         found = conn.execute(
@@ -932,6 +1244,71 @@ def _find_delivery(batch: _Batch, ack: AdapterAck) -> tuple[_Row | None, str]:
             return None, "no delivery to the sender is awaiting an acknowledgement"
         return _row(found), ""
     return None, "the report names no delivery, reference or sender"
+
+
+def _device_delivery(batch: _Batch, warning_id: str, address: str) -> _Row | None:
+    """The delivery of ``warning_id`` to the device at ``address`` (read ahead for a batch,
+    else looked up alone)."""
+    key = (warning_id, address)
+    if key not in batch.device_acks:
+        _match_device_acks(batch, warning_id, [address])
+    delivery_id = batch.device_acks.get(key)
+    return None if delivery_id is None else batch.rows.get(delivery_id)
+
+
+def _match_device_acks(batch: _Batch, warning_id: str, addresses: Sequence[str]) -> None:
+    """Find the deliveries of ``warning_id`` to the devices at ``addresses`` (a device's
+    ``address``, or its id when it has none), in any state: one query for the devices and one
+    for their deliveries per chunk. Fills ``batch.device_acks`` (None: no such delivery),
+    ``batch.rows`` and ``batch.device_addresses``."""
+    conn = batch.conn
+    found = conn.execute("SELECT seq FROM warnings WHERE id = ?", (warning_id,)).fetchone()
+    first = 0 if found is None else batch.first_delivery(int(found[0]))
+    for chunk in _chunks(sorted(set(addresses)), 450):
+        for address in chunk:
+            batch.device_acks[(warning_id, address)] = None
+        if found is None:
+            continue
+        marks = ",".join("?" * len(chunk))
+        # By primary key first: a speaker's address is usually its id, or empty.
+        at: dict[str, list[str]] = {}
+        for device_id, device_address in conn.execute(
+            f"SELECT id, address FROM devices WHERE id IN ({marks})", chunk
+        ):
+            batch.device_addresses[device_id] = device_address or ""
+            if device_address in ("", device_id):
+                at.setdefault(device_id, []).append(device_id)
+        rest = [a for a in chunk if a not in at]
+        if rest:
+            rest_marks = ",".join("?" * len(rest))
+            for device_id, device_address in conn.execute(
+                f"SELECT id, address FROM devices WHERE address IN ({rest_marks})", rest
+            ):
+                batch.device_addresses[device_id] = device_address
+                at.setdefault(device_address, []).append(device_id)
+        owner = {d: a for a, ids in at.items() for d in ids}
+        if not owner:
+            continue
+        device_marks = ",".join("?" * len(owner))
+        best: dict[str, _Row] = {}
+        for values in conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE target_id IN ({device_marks}) "
+            "AND id >= ? AND warning_seq = ? AND audience = 'device'",
+            (*owner, first, int(found[0])),
+        ):
+            row = batch.rows.get(values[0]) or _row(values)
+            address = owner[row.target_id]
+            # Two devices at one address (or two deliveries): one still open, else the newest.
+            if address not in best or _preferred(row, best[address]):
+                best[address] = row
+        for address, row in best.items():
+            batch.rows[row.id] = row
+            batch.device_acks[(warning_id, address)] = row.id
+
+
+def _preferred(row: _Row, other: _Row) -> bool:
+    open_now, open_other = row.state not in _TERMINAL, other.state not in _TERMINAL
+    return open_now > open_other or (open_now == open_other and row.id > other.id)
 
 
 def _delivery(batch: _Batch, delivery_id: int) -> tuple[_Row | None, str]:
@@ -978,6 +1355,19 @@ def _read_ahead(batch: _Batch, acks: Sequence[Ack]) -> None:
         ):
             row = _row(values)
             batch.rows[row.id] = row
+    # Device acknowledgements that name only the warning and the device: per warning.
+    by_warning: dict[str, list[str]] = {}
+    for a in acks:
+        if (
+            isinstance(a, AdapterAck)
+            and a.report.delivery_id is None
+            and not a.report.reference
+            and a.report.from_address
+            and a.report.warning_id is not None
+        ):
+            by_warning.setdefault(a.report.warning_id, []).append(a.report.from_address)
+    for warning_id, addresses in by_warning.items():
+        _match_device_acks(batch, warning_id, addresses)
     people = sorted({r.target_id for r in batch.rows.values() if r.audience != "device"})
     devices = sorted({r.target_id for r in batch.rows.values() if r.audience == "device"})
     for chunk in _chunks(people, 900):
@@ -1003,6 +1393,16 @@ def _read_ahead(batch: _Batch, acks: Sequence[Ack]) -> None:
             f"SELECT id, address FROM devices WHERE id IN ({marks})", chunk
         ):
             batch.device_addresses[device_id] = address or ""
+        for device_id in chunk:
+            batch.device_villages[device_id] = []
+        for device_id, village in conn.execute(
+            f"SELECT DISTINCT da.device_id, c.descendant FROM device_areas da "
+            "JOIN area_closure c ON c.ancestor = da.area_code "
+            "JOIN areas a ON a.code = c.descendant AND a.level = 'village' "
+            f"WHERE da.device_id IN ({marks}) ORDER BY da.device_id, c.descendant",
+            chunk,
+        ):
+            batch.device_villages[device_id].append(village)
 
 
 def _person(batch: _Batch, person_id: str) -> tuple[str | None, str, str | None, str] | None:
@@ -1176,17 +1576,27 @@ def _reach(
 
 
 def _reach_device_villages(batch: _Batch, row: _Row, at: float, in_time: bool, source: str) -> None:
+    for village in _device_villages(batch, row):
+        _reach(batch, row.warning_seq, "village", village, village, at, in_time, source, row.id)
+
+
+def _device_villages(batch: _Batch, row: _Row) -> list[str]:
+    """The villages a device delivery is for: those the device serves inside the warning's
+    areas."""
     covered = batch.covered_villages(row.warning_seq)
-    villages = batch.conn.execute(
-        "SELECT DISTINCT c.descendant FROM device_areas da "
-        "JOIN area_closure c ON c.ancestor = da.area_code "
-        "JOIN areas a ON a.code = c.descendant AND a.level = 'village' "
-        "WHERE da.device_id = ? ORDER BY c.descendant",
-        (row.target_id,),
-    ).fetchall()
-    for (village,) in villages:
-        if village in covered:
-            _reach(batch, row.warning_seq, "village", village, village, at, in_time, source, row.id)
+    served = batch.device_villages.get(row.target_id)
+    if served is None:
+        served = batch.device_villages[row.target_id] = [
+            village
+            for (village,) in batch.conn.execute(
+                "SELECT DISTINCT c.descendant FROM device_areas da "
+                "JOIN area_closure c ON c.ancestor = da.area_code "
+                "JOIN areas a ON a.code = c.descendant AND a.level = 'village' "
+                "WHERE da.device_id = ? ORDER BY c.descendant",
+                (row.target_id,),
+            )
+        ]
+    return [village for village in served if village in covered]
 
 
 def _reach_person(batch: _Batch, row: _Row, at: float, in_time: bool, source: str) -> None:
@@ -1400,6 +1810,17 @@ def _update_ids(
         conn.execute(
             f"UPDATE deliveries SET {assignments} WHERE id IN ({marks})", (*params, *chunk)
         )
+
+
+def _runs(ids: Iterable[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive integers, as (first, last)."""
+    runs: list[tuple[int, int]] = []
+    for i in sorted(ids):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
 
 
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:

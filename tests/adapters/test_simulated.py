@@ -17,6 +17,7 @@ from adapters.simulated import SimulatedAdapter, SimulatedSettings, SimulatedSta
 from dispatcher.adapter import (
     Accepted,
     AdapterNotReady,
+    DeviceStatus,
     Dispatch,
     Failed,
     Outcome,
@@ -36,6 +37,7 @@ class RecordingContext:
         self._name = name
         self.reports: list[Report] = []
         self.arrived: list[float] = []
+        self.statuses: list[DeviceStatus] = []
         self._changed = asyncio.Event()
 
     @property
@@ -46,6 +48,9 @@ class RecordingContext:
         self.reports.append(report)
         self.arrived.append(asyncio.get_running_loop().time())
         self._changed.set()
+
+    def device_status(self, status: DeviceStatus) -> None:
+        self.statuses.append(status)
 
     async def wait_reports(self, n: int, limit: float = 1.0) -> None:
         """Until at least n reports have arrived (TimeoutError after ``limit`` seconds)."""

@@ -142,7 +142,7 @@ def content(**changes: object) -> WarningContent:
     ("status", "prefix"),
     [(Status.TEST, "【测试，非真实预警】"), (Status.EXERCISE, "【演练，非真实预警】")],
 )
-@pytest.mark.parametrize("audience", ["grid_member", "person", "visit"])
+@pytest.mark.parametrize("audience", ["device", "grid_member", "person", "visit"])
 @pytest.mark.parametrize("msg_type", list(MsgType))
 def test_test_and_exercise_say_so_first(
     status: Status, prefix: str, audience: str, msg_type: MsgType
@@ -153,7 +153,7 @@ def test_test_and_exercise_say_so_first(
     assert text.startswith(prefix)
 
 
-@pytest.mark.parametrize("audience", ["grid_member", "household", "person", "visit"])
+@pytest.mark.parametrize("audience", ["device", "grid_member", "household", "person", "visit"])
 @pytest.mark.parametrize("msg_type", list(MsgType))
 def test_actual_is_never_prefixed(audience: str, msg_type: MsgType) -> None:
     text = render_text(content(msg_type=msg_type), audience=audience, households=("h1",))
@@ -167,6 +167,14 @@ def test_alert_text_names_level_headline_instruction_local_expiry_and_how_to_con
     assert text.startswith("【红色预警】商州区暴雨红色预警。立即转移。")
     assert "有效至07月01日16:30" in text  # 08:30 UTC is 16:30 in Beijing time
     assert text.endswith("收到请回复1。")
+
+
+def test_device_text_is_the_whole_warning_read_aloud_without_asking_for_a_reply() -> None:
+    text = render_text(content(description="未来6小时降雨量将达100毫米以上"), audience="device")
+    assert text.startswith("【红色预警】商州区暴雨红色预警。未来6小时降雨量将达100毫米以上。")
+    assert "立即转移。" in text
+    assert text.endswith("有效至07月01日16:30。")
+    assert "回复" not in text
 
 
 def test_update_is_marked() -> None:
