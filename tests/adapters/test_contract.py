@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, ClassVar
 
+import aiomqtt
 import pytest
+from mqtt_broker import running_mosquitto, write_password_file
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from dispatcher.adapter import (
@@ -25,6 +29,7 @@ from dispatcher.adapter import (
     Accepted,
     Adapter,
     AdapterFactory,
+    DeviceStatus,
     Dispatch,
     Failed,
     Outcome,
@@ -86,9 +91,45 @@ async def _simulated() -> AsyncIterator[Harness]:
     )
 
 
+@asynccontextmanager
+async def _mqtt_speaker() -> AsyncIterator[Harness]:
+    """A real Mosquitto with a password; one speaker's retained state says it is offline."""
+    with tempfile.TemporaryDirectory(prefix="tocsin-contract-mqtt-") as scratch:
+        directory = Path(scratch)
+        passwords = write_password_file(
+            directory / "passwd", {"tocsin": "contract-secret", "spk-gone": "x"}
+        )
+        config = f"allow_anonymous false\npassword_file {passwords}\nmax_queued_messages 0\n"
+        with running_mosquitto(config, directory / "broker") as broker:
+            await _publish_retained(
+                broker.host, broker.port, "spk-gone", b'{"v":1,"state":"offline"}'
+            )
+            yield Harness(
+                settings={
+                    "host": broker.host,
+                    "port": broker.port,
+                    "username": "tocsin",
+                    "password": "contract-secret",
+                    "client_id": "contract",
+                    "connect_timeout": 5,
+                    "probe_listen": 0.3,
+                },
+                targets=(
+                    Target(Channel.SPEAKER, "spk-good"),
+                    Target(Channel.SPEAKER, "spk-gone", Failed),
+                ),
+            )
+
+
+async def _publish_retained(host: str, port: int, device: str, payload: bytes) -> None:
+    async with aiomqtt.Client(host, port, username="spk-gone", password="x") as client:
+        await client.publish(f"tocsin/v1/device/{device}/state", payload, qos=1, retain=True)
+
+
 #: One row per adapter kind, "simulated" first. Add a row with the kind's entry point.
 HARNESSES: dict[str, HarnessFactory] = {
     "simulated": _simulated,
+    "mqtt_speaker": _mqtt_speaker,
 }
 
 KINDS = sorted(adapter_kinds())
@@ -98,11 +139,12 @@ KINDS = sorted(adapter_kinds())
 
 
 class RecordingContext:
-    """The engine's side of the contract: collects reports."""
+    """The engine's side of the contract: collects reports and device statuses."""
 
     def __init__(self, name: str) -> None:
         self._name = name
         self.reports: list[Report] = []
+        self.statuses: list[DeviceStatus] = []
 
     @property
     def adapter_name(self) -> str:
@@ -111,9 +153,13 @@ class RecordingContext:
     def report(self, report: Report) -> None:
         self.reports.append(report)
 
+    def device_status(self, status: DeviceStatus) -> None:
+        self.statuses.append(status)
+
 
 def _warning(msg_type: MsgType = MsgType.ALERT, wid: str = "W-CONTRACT") -> WarningContent:
-    sent = datetime(2025, 7, 1, 8, 0, tzinfo=UTC)
+    # In force now: adapters may refuse to send what has already expired.
+    sent = datetime.now(UTC).replace(microsecond=0)
     return WarningContent(
         id=wid,
         status=Status.EXERCISE,

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from small_directory import make_warning
 
 from adapters.simulated.adapter import SimulatedAdapter, SimulatedSettings
-from dispatcher.adapter import Dispatch, Outcome
+from dispatcher.adapter import Dispatch, Outcome, adapter_kinds
 from dispatcher.adapter_config import AdapterSpec, build_adapter_specs
 from dispatcher.config import AdapterInstanceConfig, EngineConfig, load_policy
 from dispatcher.domain import TERMINAL_DELIVERY_STATES, Level, MsgType, Status, WarningRecord
@@ -99,7 +99,10 @@ _INSTANCE_KEYS = frozenset(
 
 def specs(instances: Mapping[str, AdapterInstanceConfig]) -> tuple[AdapterSpec, ...]:
     built, problems = build_adapter_specs(
-        Path("test.toml"), instances, Path("."), kinds={"simulated": RecordingSimulated}
+        Path("test.toml"),
+        instances,
+        Path("."),
+        kinds={**adapter_kinds(), "simulated": RecordingSimulated},
     )
     assert not problems, problems
     return built
