@@ -1,9 +1,10 @@
 """The ``mqtt_speaker`` adapter: village loudspeakers (大喇叭) behind an MQTT broker.
 
-A warning is published once per village topic (the broker fans it out to every speaker
-there); retries and installer tests go to one speaker's own topic. Speakers answer on their
-own ack topic (received → playing → played, or failed; stopped after a Cancel) and keep a
-retained state (online, or offline through their last will).
+A warning is published once per area it covers (a speaker subscribes to its village and each
+ancestor, so the broker fans one publish out to every speaker under the area: a city-wide
+warning is one message); retries and installer tests go to one speaker's own topic. Speakers
+answer on their own ack topic (received → playing → played, or failed; stopped after a
+Cancel) and keep a retained state (online, or offline through their last will).
 
 Two long-lived connections, each in its own task with aiomqtt's reconnect loop:
 
@@ -99,6 +100,8 @@ class _Counters:
     malformed: int = 0
     unreachable: int = 0
     republished: int = 0
+    #: Progress acks not passed on (a speaker's "playing" after its "received").
+    progress_skipped: int = 0
 
 
 class _ThrottledWarning:
@@ -125,7 +128,7 @@ class MqttSpeakerAdapter:
     settings_model: ClassVar[type[MqttSpeakerSettings]] = MqttSpeakerSettings
     max_batch: ClassVar[int] = 2000
     description: ClassVar[str] = (
-        "Village loudspeakers over MQTT: one publish per village, acks per speaker"
+        "Village loudspeakers over MQTT: one publish per warning area, acks per speaker"
     )
 
     def __init__(self, *, name: str, settings: MqttSpeakerSettings) -> None:
@@ -139,8 +142,10 @@ class MqttSpeakerAdapter:
         self.speakers: dict[str, SpeakerState] = {}
         #: (warning id, speaker address) → delivery id, for acks that do not echo it.
         self._deliveries: dict[tuple[str, str], int] = {}
-        #: (warning id, village) published, so later batches of the same village do not repeat.
-        self._published: set[tuple[str, str]] = set()
+        #: (warning id, speaker address) already reported delivered.
+        self._delivered: set[tuple[str, str]] = set()
+        #: Warning id → the publish of its areas (done or under way), shared by its batches.
+        self._area_publishes: dict[str, asyncio.Future[Outcome]] = {}
         #: Alerts for offline speakers: address → warning id → (alert, expiry).
         self._owed: dict[str, dict[str, tuple[Alert, float]]] = {}
         self._expiry: dict[str, float] = {}
@@ -197,6 +202,9 @@ class MqttSpeakerAdapter:
             await asyncio.sleep(_SETTLE_QUIET - quiet)
 
     async def stop(self) -> None:
+        for publishing in self._area_publishes.values():
+            publishing.cancel()
+        self._area_publishes.clear()
         for task in list(self._background):
             task.cancel()
         for task in list(self._background):
@@ -213,7 +221,7 @@ class MqttSpeakerAdapter:
         if now >= self._next_prune:
             self._prune(now)
         outcomes: list[Outcome | None] = [None] * len(batch)
-        villages: dict[tuple[str, str], list[int]] = {}
+        by_warning: dict[str, list[int]] = {}
         singles: list[int] = []
         for i, d in enumerate(batch):
             expires = d.warning.expires.timestamp()
@@ -231,41 +239,48 @@ class MqttSpeakerAdapter:
                 self.counters.unreachable += 1
                 outcomes[i] = Failed(f"speaker {d.address} offline since {_iso(speaker.last_seen)}")
                 continue
-            if d.attempt == 1 and d.area_code:
-                key = (d.warning.id, d.area_code)
-                if key in self._published:
-                    outcomes[i] = Accepted()
-                else:
-                    villages.setdefault(key, []).append(i)
+            if d.attempt == 1 and d.warning.area_codes:
+                by_warning.setdefault(d.warning.id, []).append(i)
             else:
                 singles.append(i)
 
-        payloads: dict[str, bytes] = {}
-        jobs = []
-        for (warning_id, area), members in villages.items():
-            first = batch[members[0]]
-            payload = payloads.get(warning_id)
-            if payload is None:
-                payload = payloads[warning_id] = self._alert(first, delivery=False).payload()
-            jobs.append(
-                self._publish_village(warning_id, area, payload, first.warning.expires, members)
-            )
-        for i in singles:
-            d = batch[i]
-            jobs.append(self._publish_one(d, i))
+        jobs = [self._publish_areas(batch[members[0]], members) for members in by_warning.values()]
+        jobs += [self._publish_one(batch[i], i) for i in singles]
         for results in await asyncio.gather(*jobs):
             for i, outcome in results:
                 outcomes[i] = outcome
         return [o if o is not None else Retry("not published") for o in outcomes]
 
-    async def _publish_village(
-        self, warning_id: str, area: str, payload: bytes, expires: datetime, members: list[int]
+    async def _publish_areas(
+        self, first: Dispatch, members: list[int]
     ) -> list[tuple[int, Outcome]]:
-        outcome = await self._publish(area_alert_topic(self._root, area), payload, expires)
-        if isinstance(outcome, Accepted):
-            self._published.add((warning_id, area))
-            self.counters.published_area += 1
+        """A warning's first sending: one publish per area of the warning, once (every speaker
+        subscribes to its village and each ancestor, so the broker fans it out). Later batches
+        of the same warning share that publish's outcome instead of repeating it."""
+        warning = first.warning
+        publishing = self._area_publishes.get(warning.id)
+        if publishing is None:
+            publishing = asyncio.ensure_future(self._publish_warning(first))
+            self._area_publishes[warning.id] = publishing
+        outcome = await asyncio.shield(publishing)
+        if not isinstance(outcome, Accepted) and self._area_publishes.get(warning.id) is publishing:
+            del self._area_publishes[warning.id]  # the next attempt publishes again
         return [(i, outcome) for i in members]
+
+    async def _publish_warning(self, first: Dispatch) -> Outcome:
+        warning = first.warning
+        payload = self._alert(first, delivery=False).payload()
+        outcomes = await asyncio.gather(
+            *(
+                self._publish(area_alert_topic(self._root, area), payload, warning.expires)
+                for area in dict.fromkeys(warning.area_codes)
+            )
+        )
+        failed = next((o for o in outcomes if not isinstance(o, Accepted)), None)
+        if failed is not None:
+            return failed
+        self.counters.published_area += len(outcomes)
+        return Accepted()
 
     async def _publish_one(self, d: Dispatch, index: int) -> list[tuple[int, Outcome]]:
         topic = device_topic(self._root, d.address, "alert")
@@ -318,7 +333,9 @@ class MqttSpeakerAdapter:
         if not gone:
             return
         self._deliveries = {k: v for k, v in self._deliveries.items() if k[0] not in gone}
-        self._published = {k for k in self._published if k[0] not in gone}
+        for w in gone:
+            self._area_publishes.pop(w, None)
+        self._delivered = {k for k in self._delivered if k[0] not in gone}
         for address in list(self._owed):
             owed = {w: a for w, a in self._owed[address].items() if a[1] > now}
             if owed:
@@ -350,6 +367,15 @@ class MqttSpeakerAdapter:
         self.counters.acks += 1
         now = time.time()
         self._seen(device, now)
+        report_state = _REPORT_STATE[ack.state]
+        if report_state is ReportState.DELIVERED:
+            # received and playing say the same to the engine: pass on the first only (a third
+            # of all acks at a city-wide warning).
+            key = (ack.warning_id, device)
+            if key in self._delivered:
+                self.counters.progress_skipped += 1
+                return
+            self._delivered.add(key)
         delivery = ack.delivery
         if delivery is None:
             delivery = self._deliveries.get((ack.warning_id, device))
@@ -361,7 +387,7 @@ class MqttSpeakerAdapter:
         if ack.plays is not None:
             detail["plays"] = ack.plays
         report = Report(
-            state=_REPORT_STATE[ack.state],
+            state=report_state,
             delivery_id=delivery,
             from_address=device,
             warning_id=ack.warning_id,
