@@ -45,6 +45,8 @@ import aiomqtt
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+from latency_city import query  # noqa: E402
 from mqtt_broker import Broker, free_port, mosquitto_tool, running_mosquitto  # noqa: E402
 
 from dispatcher.config import SyntheticDirectoryConfig, hash_token  # noqa: E402
@@ -331,14 +333,6 @@ def floor_run(broker: Broker, speakers: int) -> float:
 
 
 # -- Tocsin -------------------------------------------------------------------------------------
-def query(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(db, timeout=30)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
 async def acks_recorded(session: aiohttp.ClientSession, url: str) -> float:
     async with session.get(f"{url}/metrics") as response:
         text = await response.text()
