@@ -13,7 +13,8 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from mqtt_broker import Broker, running_mosquitto
+from deploy.test_mosquitto_config import make_certs
+from mqtt_broker import Broker, free_port, running_mosquitto
 from pydantic import ValidationError
 
 from adapters.mqtt_speaker.adapter import MqttSpeakerAdapter
@@ -446,3 +447,39 @@ def test_settings_errors_name_the_field(tmp_path: Path) -> None:
     settings = MqttSpeakerSettings.model_validate({"password": "hunter2"})
     assert "hunter2" not in repr(settings)
     assert json.loads(settings.model_dump_json())["password"] == "**********"
+
+
+async def test_tls_with_the_brokers_ca_and_a_clear_error_with_the_wrong_one(
+    tmp_path: Path,
+) -> None:
+    ours = make_certs(ensure_dir(tmp_path / "ours"))
+    theirs = make_certs(ensure_dir(tmp_path / "theirs"))
+    port = free_port()
+    config = (
+        f"listener {port} 127.0.0.1\ncafile {ours.ca}\ncertfile {ours.server_cert}\n"
+        f"keyfile {ours.server_key}\nallow_anonymous true\n"
+    )
+    with running_mosquitto(config, tmp_path / "broker") as broker:
+        good = MqttSpeakerAdapter(
+            name="tls", settings=settings_for(broker, tls=True, ca_file=str(ours.ca))
+        )
+        await good.start(Context())
+        try:
+            (outcome,) = await good.send([dispatch(1, "spk-1", "V1")])
+            assert isinstance(outcome, Accepted)
+        finally:
+            await good.stop()
+        wrong = MqttSpeakerAdapter(
+            name="tls",
+            settings=settings_for(broker, tls=True, ca_file=str(theirs.ca), connect_timeout=1),
+        )
+        with pytest.raises(AdapterNotReady, match=r"certificate verify failed"):
+            await wrong.start(Context())
+        probe = await wrong.probe()
+        assert not probe.ok
+        assert "certificate verify failed" in probe.summary
+
+
+def ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -290,3 +290,33 @@ async def test_cancel_stops_the_speakers_and_is_acknowledged_as_stopped(
         # The Cancel names what it cancels, so a speaker stops that warning and only that.
         heard = fleet.speaker("spk-a1a").alerts[cancel.id]
         assert (heard.type, heard.references) == ("Cancel", (warning.id,))
+
+
+async def test_a_speaker_that_did_not_ack_in_time_gets_the_alert_again_on_its_own_topic(
+    broker: Broker, setup: tuple[Tocsin, list[SimSpeaker]]
+) -> None:
+    t, speakers = setup
+    late = next(s for s in speakers if s.device_id == "spk-a1a")
+    others = [s for s in speakers if s is not late]
+    async with SpeakerFleet(others, host=broker.host, port=broker.port, connections=2):
+        warning = await t.warn(VILLAGES)
+        await t.start()
+        await wait_until(
+            lambda: (
+                list(speaker_states(t, warning.id).values()).count("acknowledged") == len(others)
+            ),
+            what="the speakers that were there played",
+        )
+        # The missing speaker comes up only now: it never saw the area publish. After the
+        # device ack timeout (1 s here) the engine sends its delivery again, to its own topic.
+        async with SpeakerFleet([late], host=broker.host, port=broker.port) as fleet:
+            await wait_until(
+                lambda: t.state(warning.id, "spk-a1a", "speaker") == "acknowledged",
+                within=15,
+                what="the late speaker played after a per-device retry",
+            )
+            heard = fleet.speaker("spk-a1a").alerts[warning.id]
+            delivery = t.delivery(warning.id, "spk-a1a", "speaker")
+            assert heard.delivery == delivery.id  # sent to it alone, naming its delivery
+            assert delivery.attempts >= 2
+            assert adapter_of(t).counters.published_device >= 1
