@@ -27,6 +27,7 @@ from dispatcher.adapter import (
     Adapter,
     AdapterContext,
     AdapterNotReady,
+    DeviceStatus,
     Dispatch,
     Failed,
     Outcome,
@@ -43,6 +44,7 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 _PLAYED: Mapping[str, Any] = MappingProxyType({"device_state": "played"})
 _STOPPED: Mapping[str, Any] = MappingProxyType({"device_state": "stopped"})
 _NO_DETAIL: Mapping[str, Any] = MappingProxyType({})
+_SIMULATED_DEVICE: Mapping[str, Any] = MappingProxyType({"simulated": True})
 
 _PendingAck = tuple[float, int, str, str, Mapping[str, Any]]
 
@@ -312,6 +314,7 @@ class SimulatedAdapter:
         accepted = failed = retried = 0
         outcomes: list[Outcome] = []
         append = outcomes.append
+        devices_seen: set[str] = set()
         for dispatch in batch:
             if fail_addresses and dispatch.address in fail_addresses:
                 append(_UNKNOWN_NUMBER)
@@ -330,6 +333,8 @@ class SimulatedAdapter:
             delivery_id = dispatch.delivery_id
             append(Accepted(reference=f"{prefix}{delivery_id}-{dispatch.attempt}"))
             accepted += 1
+            if dispatch.channel not in PERSON_CHANNELS:
+                devices_seen.add(dispatch.address)
             warning = dispatch.warning
             if delivered_report:
                 emit(
@@ -368,7 +373,21 @@ class SimulatedAdapter:
         self._retried += retried
         if pending and not immediate:
             self._wake.set()
+        if devices_seen:
+            self._devices_online(devices_seen, now)
         return outcomes
+
+    def _devices_online(self, addresses: set[str], now: float) -> None:
+        """A simulated device that took a message is online: say so, as a real adapter does
+        from its devices' heartbeats (``/v1/devices`` then shows the demo's devices)."""
+        context = self._context
+        if context is None:
+            return
+        for address in addresses:
+            try:
+                context.device_status(DeviceStatus(address, True, now, _SIMULATED_DEVICE))
+            except Exception:  # the context should never raise; a device state is not worth it
+                self._report_errors += 1
 
     # -- reports -----------------------------------------------------------------------------
 

@@ -572,3 +572,19 @@ async def test_instant_sends_are_cheap(started: Any) -> None:
     assert best < 0.010, f"{best * 1000:.2f} ms of CPU per 1,000 dispatches"
     assert adapter.stats.dispatches == 50_000
     assert len(context.reports) > 0
+
+
+async def test_devices_that_took_a_message_are_reported_online() -> None:
+    adapter = SimulatedAdapter(name="sim", settings={"fail_addresses": ["SPK-GONE"]})
+    context = RecordingContext()
+    await adapter.start(context)
+    try:
+        await adapter.send(
+            dispatches(3, channel=Channel.SPEAKER, addresses=["SPK-1", "SPK-1", "SPK-GONE"])
+            + dispatches(1, start=10)
+        )
+    finally:
+        await adapter.stop()
+    assert [(s.address, s.online, dict(s.detail)) for s in context.statuses] == [
+        ("SPK-1", True, {"simulated": True})
+    ]
