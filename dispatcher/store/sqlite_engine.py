@@ -849,24 +849,7 @@ def _escalate(batch: _Batch, row: _Row, why: str) -> None:
         return
     held = [s for s in siblings if s.state == DeliveryState.HELD.value]
     if held:
-        step = held[0]
-        batch.conn.execute(
-            "UPDATE deliveries SET state = 'pending', due_at = ?, updated_at = ? WHERE id = ?",
-            (batch.now, batch.now, step.id),
-        )
-        batch.set_state(step, "pending")
-        batch.move(step.warning_seq, "held", "pending")
-        batch.event(
-            step.warning_seq,
-            step.id,
-            "pending",
-            attempt=step.attempts,
-            reason=f"escalated: {why}",
-            detail={"after_delivery": row.id},
-            target_id=step.target_id,
-            channel=step.channel,
-            area_code=step.area_code,
-        )
+        _release_held(batch, held[0], f"escalated: {why}", {"after_delivery": row.id})
         batch.escalated += 1
         return
     if any(s.state not in _TERMINAL for s in siblings):
@@ -876,6 +859,27 @@ def _escalate(batch: _Batch, row: _Row, why: str) -> None:
     if batch.warning(row.warning_seq).state != WarningState.ACTIVE.value:
         return
     _add_visit(batch, row)
+
+
+def _release_held(batch: _Batch, step: _Row, reason: str, detail: dict[str, Any]) -> None:
+    """A held step of a ladder is due now (its previous step ended, or its village fell back)."""
+    batch.conn.execute(
+        "UPDATE deliveries SET state = 'pending', due_at = ?, updated_at = ? WHERE id = ?",
+        (batch.now, batch.now, step.id),
+    )
+    batch.set_state(step, "pending")
+    batch.move(step.warning_seq, "held", "pending")
+    batch.event(
+        step.warning_seq,
+        step.id,
+        "pending",
+        attempt=step.attempts,
+        reason=reason,
+        detail=detail,
+        target_id=step.target_id,
+        channel=step.channel,
+        area_code=step.area_code,
+    )
 
 
 def _add_visit(batch: _Batch, row: _Row) -> None:
@@ -1076,23 +1080,7 @@ def _fall_back_village(
         held = [s for s in on_first if s.state == DeliveryState.HELD.value]
         if held:
             step = held[0]
-            conn.execute(
-                "UPDATE deliveries SET state = 'pending', due_at = ?, updated_at = ? WHERE id = ?",
-                (batch.now, batch.now, step.id),
-            )
-            batch.set_state(step, "pending")
-            batch.move(seq, "held", "pending")
-            batch.event(
-                seq,
-                step.id,
-                "pending",
-                attempt=step.attempts,
-                reason=reason,
-                detail={"village": village, "after_delivery": device.id},
-                target_id=person_id,
-                channel=step.channel,
-                area_code=step.area_code,
-            )
+            _release_held(batch, step, reason, {"village": village, "after_delivery": device.id})
             released.append(step.id)
         elif not on_first:
             added.append(
