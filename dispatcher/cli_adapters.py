@@ -143,10 +143,13 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 class _PrintingContext:
-    """Prints each report and device status as it arrives (an installer watching a test)."""
+    """Prints each report as it arrives, and the state of the one device under test when it
+    is known or changes (an installer watching a test)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, watch: str | None) -> None:
         self._name = name
+        self._watch = watch
+        self._watched_online: bool | None = None
         self.reports: list[Report] = []
         self.changed = asyncio.Event()
 
@@ -163,7 +166,11 @@ class _PrintingContext:
         self.changed.set()
 
     def device_status(self, status: DeviceStatus) -> None:
-        pass  # the probe shows states; a test only follows its own message
+        # A village test would print every speaker's state: `adapters probe` shows those.
+        if status.address != self._watch or status.online == self._watched_online:
+            return
+        self._watched_online = status.online
+        print(f"  state: {status.address}: {'online' if status.online else 'offline'}", flush=True)
 
 
 def _test_dispatch(spec: AdapterSpec, args: argparse.Namespace) -> Dispatch | str:
@@ -212,7 +219,7 @@ def _test_dispatch(spec: AdapterSpec, args: argparse.Namespace) -> Dispatch | st
 
 async def _run_test(spec: AdapterSpec, dispatch: Dispatch, wait: float) -> int:
     adapter = spec.create()
-    context = _PrintingContext(spec.name)
+    context = _PrintingContext(spec.name, dispatch.address if dispatch.area_code == "" else None)
     try:
         await asyncio.wait_for(adapter.start(context), PROBE_TIMEOUT)
     except Exception as exc:

@@ -106,6 +106,7 @@ async def test_a_test_broadcast_to_one_speaker_is_played_and_acknowledged(
             "10s",
         )
         assert code == 0, out + err
+        assert "state: spk-1: online" in out  # from its retained state
         assert "report: spk-1: played" in out
         assert "acknowledged by 1;" in out
         assert fleet.speaker("spk-1").play_count == 1
