@@ -16,17 +16,20 @@ print redacted) and its limits.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from aiohttp import web
 from pydantic import BaseModel
 
 from dispatcher.domain import Audience, Channel, Level, MsgType, Status
 
 ENTRY_POINT_GROUP = "tocsin.adapters"
+#: Where the daemon serves adapters' webhooks: ``/hooks/<adapter name>/<path>``.
+WEBHOOK_ROOT = "/hooks"
 
 
 class AdapterNotReady(Exception):
@@ -87,6 +90,9 @@ class Accepted:
     reference: str = ""
     #: True when acceptance already means receipt (e.g. a transmitter's acknowledgement frame).
     delivered: bool = False
+    #: What the delivery log should show of the send (sender, segments, provider status):
+    #: small and JSON-serialisable.
+    detail: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +101,8 @@ class Retry:
 
     reason: str
     after: float | None = None
+    #: For the delivery log (provider error code, HTTP status); small and JSON-serialisable.
+    detail: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +110,8 @@ class Failed:
     """A permanent failure for this delivery (invalid number, unknown device)."""
 
     reason: str
+    #: For the delivery log (provider error code, HTTP status); small and JSON-serialisable.
+    detail: Mapping[str, Any] = field(default_factory=dict)
 
 
 Outcome = Accepted | Retry | Failed
@@ -183,6 +193,61 @@ class ProbeResult:
     ok: bool
     summary: str
     details: Mapping[str, Any] = field(default_factory=dict)
+
+
+# -- optional capabilities: an adapter has them when it defines the method ------------------
+@dataclass(frozen=True, slots=True)
+class SendRate:
+    """The most an adapter can send, when it knows better than the config (its senders)."""
+
+    per_second: float
+    burst: int
+
+
+@runtime_checkable
+class PacesItself(Protocol):
+    """An adapter whose provider limits it (a long code sends one SMS a second; an account
+    has so many calls at once). The engine enforces these before calling :meth:`Adapter.send`,
+    so the limits are kept rather than discovered by failing."""
+
+    def send_rate(self) -> SendRate | None:
+        """Its sustained rate, read once at construction (the stricter of this and the
+        configured ``rate_per_second`` applies)."""
+
+    def room(self) -> int | None:
+        """How many more dispatches it can take now (free call slots); None: no limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRoute:
+    """One HTTP endpoint a provider calls back (status callbacks, replies, key presses). The
+    daemon serves it at ``/hooks/<adapter name>/<path>`` without an API token: the handler
+    authenticates the caller itself (a provider's request signature)."""
+
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@runtime_checkable
+class ReceivesWebhooks(Protocol):
+    def webhooks(self) -> Sequence[WebhookRoute]:
+        """Its endpoints; called once, before :meth:`Adapter.start` (a handler called before
+        the start should answer 503 so the provider tries again)."""
+
+
+@runtime_checkable
+class PollsStatus(Protocol):
+    """An adapter that can ask its provider for a message's status: ``tocsin adapters test``
+    uses it where status reports go to the daemon's webhooks, not to the command."""
+
+    async def poll_status(self, reference: str) -> Report | None:
+        """The status of the message ``reference`` as a report; None while nothing is known."""
+
+
+def webhook_path(adapter_name: str, path: str) -> str:
+    """The path the daemon serves an adapter's webhook on (append to the public base URL)."""
+    return f"{WEBHOOK_ROOT}/{adapter_name}/{path.lstrip('/')}"
 
 
 @runtime_checkable

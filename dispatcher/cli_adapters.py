@@ -213,7 +213,7 @@ def _test_dispatch(spec: AdapterSpec, args: argparse.Namespace) -> Dispatch | st
         address=args.to or f"area:{args.area}",
         area_code="" if args.to else args.area,
         attempt=1,
-        text=render_text(warning, audience=audience.value),
+        text=render_text(warning, audience=audience.value, channel=channel.value),
     )
 
 

@@ -111,6 +111,7 @@ async def serve(
                 confirm_household=engine.intake.submit_and_wait,
                 adapters=engine.adapter_status,
                 device_heartbeat_timeout=config.settings.engine.device_heartbeat_timeout,
+                webhooks=engine.webhooks(),
             )
         )
         runner = web.AppRunner(

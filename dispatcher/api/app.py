@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from dispatcher.adapter import webhook_path
 from dispatcher.api import (
     routes_admin,
     routes_areas,
@@ -53,4 +54,13 @@ def create_app(deps: ApiDeps) -> web.Application:
     routes_log.install(app)
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, endpoint.handler, name=endpoint.name)
+    for adapter_name, hook in deps.webhooks:
+        # Not in the endpoint table: no token (the provider signs its requests), and not in
+        # the OpenAPI document (a provider's contract, not Tocsin's).
+        app.router.add_route(
+            hook.method,
+            webhook_path(adapter_name, hook.path),
+            hook.handler,
+            name=f"webhook:{adapter_name}:{hook.path}",
+        )
     return app

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from dispatcher.adapter import WebhookRoute
 from dispatcher.config import ApiToken
 from dispatcher.engine.types import AckOutcome, HouseholdConfirmation
 from dispatcher.store.base import Store
@@ -34,6 +35,9 @@ class ApiDeps:
     #: ``[engine] device_heartbeat_timeout``: a device online but not heard from for longer
     #: is listed as silent (GET /v1/devices).
     device_heartbeat_timeout: float = 300.0
+    #: Adapters' webhooks (provider callbacks), by adapter instance name: served at
+    #: ``/hooks/<name>/<path>``, public (each handler checks the provider's signature).
+    webhooks: Sequence[tuple[str, WebhookRoute]] = ()
 
 
 DEPS_KEY = web.AppKey("tocsin_api_deps", ApiDeps)

@@ -19,6 +19,7 @@ from dispatcher.adapter import (
     Dispatch,
     Failed,
     Outcome,
+    PacesItself,
     Report,
     Retry,
     check_outcomes,
@@ -69,7 +70,8 @@ class AdapterHost:
         self.spec = spec
         self.name = spec.name
         self.adapter: Adapter = spec.create()
-        self.bucket = TokenBucket(spec.config.rate_per_second, spec.config.burst)
+        self.rate_per_second, burst = _rate(spec, self.adapter)
+        self.bucket = TokenBucket(self.rate_per_second, burst)
         self.breaker = CircuitBreaker(
             failures=spec.config.breaker_failures, pause=spec.config.breaker_pause
         )
@@ -107,7 +109,7 @@ class AdapterHost:
     def min_batch(self) -> int:
         """A rate-limited instance gets batches of about 0.1 s of its rate, not a trickle of
         one-delivery batches (each batch costs a claim and a record transaction)."""
-        rate = self.spec.config.rate_per_second
+        rate = self.rate_per_second
         if rate is None:
             return 1
         return max(1, min(self.spec.batch_size, int(rate * 0.1), int(self.bucket.burst)))
@@ -117,6 +119,11 @@ class AdapterHost:
         if not self._ready or self.in_flight >= self.max_in_flight or not self.breaker.allow():
             return 0
         available = self.bucket.available(self.spec.batch_size)
+        if isinstance(self.adapter, PacesItself):
+            room = self.adapter.room()
+            if room is not None:
+                # Free call slots: a batch of whatever fits, however small.
+                return max(0, min(available, room))
         return available if available >= self.min_batch else 0
 
     def seconds_until_capacity(self) -> float:
@@ -135,7 +142,7 @@ class AdapterHost:
             "breaker": self.breaker.state.value,
             "start_failures": self.start_failures,
             "batches_in_flight": self.in_flight,
-            "rate_per_second": self.spec.config.rate_per_second,
+            "rate_per_second": self.rate_per_second,
         }
 
     def start(self) -> None:
@@ -224,6 +231,18 @@ class AdapterHost:
             log.debug(
                 "batch sent", adapter=self.name, n=len(batch), seconds=time.monotonic() - started
             )
+
+
+def _rate(spec: AdapterSpec, adapter: Adapter) -> tuple[float | None, int | None]:
+    """The configured rate and burst, made stricter by what the adapter says it can send."""
+    rate, burst = spec.config.rate_per_second, spec.config.burst
+    own = adapter.send_rate() if isinstance(adapter, PacesItself) else None
+    if own is None:
+        return rate, burst
+    if rate is None or own.per_second < rate:
+        rate = own.per_second
+        burst = own.burst if burst is None else min(burst, own.burst)
+    return rate, burst
 
 
 def _well_formed(raw: object, n: int) -> bool:

@@ -33,6 +33,7 @@ def decide(
             delivery.attempt,
             adapter,
             reference=outcome.reference,
+            detail=outcome.detail,
         )
     if isinstance(outcome, Retry):
         if delivery.attempt >= rules.max_attempts:
@@ -43,6 +44,7 @@ def decide(
                 delivery.attempt,
                 adapter,
                 reason=f"gave up after {delivery.attempt} attempts: {outcome.reason}",
+                detail=outcome.detail,
                 escalate=True,
             )
         return Transition(
@@ -52,7 +54,11 @@ def decide(
             delivery.attempt,
             adapter,
             reason=outcome.reason,
-            detail={"retry_after": outcome.after} if outcome.after is not None else {},
+            detail=(
+                {**outcome.detail, "retry_after": outcome.after}
+                if outcome.after is not None
+                else outcome.detail
+            ),
         )
     if isinstance(outcome, Failed):
         return Transition(
@@ -62,6 +68,7 @@ def decide(
             delivery.attempt,
             adapter,
             reason=outcome.reason,
+            detail=outcome.detail,
             escalate=True,
         )
     raise TypeError(f"not an outcome: {outcome!r}")

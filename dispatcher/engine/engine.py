@@ -22,7 +22,15 @@ from collections.abc import Callable, Iterable, Sequence
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from dispatcher.adapter import Accepted, Dispatch, Failed, Retry, WarningContent
+from dispatcher.adapter import (
+    Accepted,
+    Dispatch,
+    Failed,
+    ReceivesWebhooks,
+    Retry,
+    WarningContent,
+    WebhookRoute,
+)
 from dispatcher.adapter_config import AdapterSpec
 from dispatcher.config import EngineConfig
 from dispatcher.domain import Audience, Channel, DeliveryState
@@ -149,6 +157,15 @@ class Engine:
     def adapter_status(self) -> list[dict[str, object]]:
         """Each adapter instance as the engine sees it (GET /v1/adapters)."""
         return [host.status() for host in self.hosts]
+
+    def webhooks(self) -> list[tuple[str, WebhookRoute]]:
+        """The webhook endpoints of the adapter instances that have them, by instance name."""
+        return [
+            (host.name, route)
+            for host in self.hosts
+            if isinstance(host.adapter, ReceivesWebhooks)
+            for route in host.adapter.webhooks()
+        ]
 
     def wake(self) -> None:
         """New work may be due (a plan stage committed, a step released, an adapter ready)."""
@@ -313,7 +330,7 @@ class Engine:
         sent: list[ClaimedDelivery] = []
         # Everyone of a warning and audience is told the same words (a visit task names its
         # own households): render once per batch, not once per person.
-        texts: dict[tuple[int, str], str] = {}
+        texts: dict[tuple[int, str, str], str] = {}
         for c in claimed:
             if c.address is None:
                 direct.append(
@@ -453,13 +470,15 @@ class Engine:
             await asyncio.sleep(SWEEP_INTERVAL)
 
 
-def _text(cache: dict[tuple[int, str], str], content: WarningContent, c: ClaimedDelivery) -> str:
+def _text(
+    cache: dict[tuple[int, str, str], str], content: WarningContent, c: ClaimedDelivery
+) -> str:
     if c.households:
-        return render_text(content, audience=c.audience, households=c.households)
-    key = (c.warning_seq, c.audience)
+        return render_text(content, audience=c.audience, households=c.households, channel=c.channel)
+    key = (c.warning_seq, c.audience, c.channel)
     text = cache.get(key)
     if text is None:
-        text = cache[key] = render_text(content, audience=c.audience)
+        text = cache[key] = render_text(content, audience=c.audience, channel=c.channel)
     return text
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta, timezone
 
 from dispatcher.adapter import WarningContent
-from dispatcher.domain import Audience, Level, MsgType, Status
+from dispatcher.domain import Audience, Channel, Level, MsgType, Status
 
 #: Rural China reads local time.
 _CHINA = timezone(timedelta(hours=8), "Asia/Shanghai")
@@ -27,7 +27,18 @@ _STATUS_PREFIX = {
 VISIT_LIST_LIMIT = 30
 
 
-def render_text(warning: WarningContent, *, audience: str, households: tuple[str, ...] = ()) -> str:
+#: How a person confirms, by channel: a call asks for a key press, a text for a reply.
+_CONFIRM = {Channel.VOICE.value: "确认收到请按1。"}
+_CONFIRM_BY_REPLY = "收到请回复1。"
+
+
+def render_text(
+    warning: WarningContent,
+    *,
+    audience: str,
+    households: tuple[str, ...] = (),
+    channel: str | None = None,
+) -> str:
     prefix = _STATUS_PREFIX[warning.status]
     level = LEVEL_NAMES[warning.level]
     if warning.msg_type is MsgType.CANCEL:
@@ -51,5 +62,6 @@ def render_text(warning: WarningContent, *, audience: str, households: tuple[str
             f"有效至{until}。"
         ).replace("。。", "。")
     return (
-        f"{prefix}【{level}】{update}{warning.headline}。{instruction}有效至{until}。收到请回复1。"
+        f"{prefix}【{level}】{update}{warning.headline}。{instruction}有效至{until}。"
+        f"{_CONFIRM.get(channel or '', _CONFIRM_BY_REPLY)}"
     )
