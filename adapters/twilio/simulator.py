@@ -248,7 +248,9 @@ async def _run(fake: FakeTwilio, args: argparse.Namespace) -> int:
                 ),
                 f'  api_base_url = "{fake.url}"',
                 f'  account_sid = "{args.account_sid}"',
-                f'  auth_token = "{args.auth_token}"',
+                # Settings take secrets by reference only; the demo token is no secret.
+                '  auth_token = "env:TWILIO_AUTH_TOKEN"'
+                + (f"   # export TWILIO_AUTH_TOKEN={args.auth_token}" if demo else ""),
                 f"numbers: {numbers}; inbound SMS to: {args.sms_url or 'nowhere (recorded only)'}",
                 f"callbacks: {'off' if args.no_callbacks else 'on'}; test hooks under "
                 f"{fake.url}/_fake/; Ctrl-C stops",

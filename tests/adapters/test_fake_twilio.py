@@ -755,7 +755,9 @@ async def test_simulate_twilio_cli(simulator_cli: list[str], receiver: Receiver)
         text = "".join(lines)
         url = re.search(r"listening on (http://\S+)", text)
         sid = re.search(r'account_sid = "(AC[0-9a-f]{32})"', text)
-        token = re.search(r'auth_token = "(\w+)"', text)
+        # The settings line names the token by reference; the demo token is printed to export.
+        assert 'auth_token = "env:TWILIO_AUTH_TOKEN"' in text
+        token = re.search(r"export TWILIO_AUTH_TOKEN=(\w+)", text)
         assert url and sid and token, text
         assert f'api_base_url = "{url[1]}"' in text
         receiver.token = token[1]
