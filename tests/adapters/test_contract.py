@@ -24,6 +24,8 @@ import pytest
 from mqtt_broker import running_mosquitto, write_password_file
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
+from adapters.twilio.fake_script import FakeScript
+from adapters.twilio.fake_server import FakeTwilio
 from dispatcher.adapter import (
     ENTRY_POINT_GROUP,
     Accepted,
@@ -126,10 +128,49 @@ async def _publish_retained(host: str, port: int, device: str, payload: bytes) -
         await client.publish(f"tocsin/v1/device/{device}/state", payload, qos=1, retain=True)
 
 
+TWILIO_SID = "AC" + "7" * 32
+TWILIO_SENDER = "+8610690000001"
+
+
+@asynccontextmanager
+async def _fake_twilio(
+    channel: Channel, numbers_key: str, **limits: float
+) -> AsyncIterator[Harness]:
+    """The fake Twilio server; an invalid number is refused (21211) and fails at once. The
+    senders' limits are lifted: the contract calls send() without the engine's pacing."""
+    async with FakeTwilio(
+        accounts={TWILIO_SID: "contract-token"},
+        script=FakeScript(callbacks=False),
+        numbers=[TWILIO_SENDER],
+    ) as fake:
+        yield Harness(
+            settings={
+                "account_sid": TWILIO_SID,
+                "auth_token": "contract-token",
+                "public_url": "http://127.0.0.1:9",
+                "api_base_url": fake.url,
+                numbers_key: [TWILIO_SENDER],
+                "request_timeout": 5,
+                **limits,
+            },
+            targets=(Target(channel, "+8613812345678"), Target(channel, "+8612", Failed)),
+        )
+
+
+def _twilio_sms() -> AbstractAsyncContextManager[Harness]:
+    return _fake_twilio(Channel.SMS, "senders", sender_rate=1000)
+
+
+def _twilio_voice() -> AbstractAsyncContextManager[Harness]:
+    return _fake_twilio(Channel.VOICE, "callers", max_concurrent_calls=10000)
+
+
 #: One row per adapter kind, "simulated" first. Add a row with the kind's entry point.
 HARNESSES: dict[str, HarnessFactory] = {
     "simulated": _simulated,
     "mqtt_speaker": _mqtt_speaker,
+    "twilio_sms": _twilio_sms,
+    "twilio_voice": _twilio_voice,
 }
 
 KINDS = sorted(adapter_kinds())
