@@ -328,9 +328,10 @@ async def receive_until(
 
 
 async def receive_quiet(
-    client: aiomqtt.Client, *, enough: int, quiet: float = 1.0
+    client: aiomqtt.Client, *, enough: int, quiet: float = 3.0
 ) -> list[aiomqtt.Message]:
-    """Messages until ``enough`` have come or none has for ``quiet`` seconds."""
+    """Messages until ``enough`` have come or none has for ``quiet`` seconds (generous: on a
+    loaded 2-core machine the broker's redelivery can pause for a second)."""
     got: list[aiomqtt.Message] = []
     iterator = aiter(client.messages)
     while len(got) < enough:
