@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from dispatcher.adapter import Adapter, AdapterFactory, adapter_kinds
+from dispatcher.adapter import Adapter, AdapterFactory, PacesItself, adapter_kinds
 from dispatcher.config import AdapterInstanceConfig, format_loc
 from dispatcher.domain import Channel
 from dispatcher.secrets import SecretError, resolve_secret
@@ -36,6 +36,18 @@ class AdapterSpec:
 
     def create(self) -> Adapter:
         return self.factory(name=self.name, settings=self.settings)
+
+    def send_rate(self, adapter: Adapter) -> tuple[float | None, int | None]:
+        """The rate and burst the engine keeps this instance to: the configured ones, made
+        stricter by what the adapter says its provider allows (:class:`PacesItself`)."""
+        rate, burst = self.config.rate_per_second, self.config.burst
+        own = adapter.send_rate() if isinstance(adapter, PacesItself) else None
+        if own is None:
+            return rate, burst
+        if rate is None or own.per_second < rate:
+            rate = own.per_second
+            burst = own.burst if burst is None else min(burst, own.burst)
+        return rate, burst
 
 
 def _secret_fields(model: type[BaseModel]) -> set[str]:

@@ -173,7 +173,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     )
     for spec in config.adapters:
         channels = ", ".join(sorted(c.value for c in spec.channels))
-        rate = spec.config.rate_per_second
+        rate, _ = spec.send_rate(spec.create())
         print(
             f"  adapter {spec.name}: kind {spec.factory.kind}, channels {channels}, "
             f"rate {'unlimited' if rate is None else f'{rate:g}/s'}"

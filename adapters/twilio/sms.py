@@ -226,7 +226,7 @@ class TwilioSmsAdapter(TwilioAdapterBase):
             Report(
                 ReportState.ACKNOWLEDGED,
                 from_address=sender,
-                detail={"reply": body[:40], "sid": params.get("MessageSid", "")},
+                detail={"reply": body[:40], "reply_sid": params.get("MessageSid", "")},
             )
         )
         if self.settings.reply_confirmation:

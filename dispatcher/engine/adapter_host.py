@@ -70,7 +70,7 @@ class AdapterHost:
         self.spec = spec
         self.name = spec.name
         self.adapter: Adapter = spec.create()
-        self.rate_per_second, burst = _rate(spec, self.adapter)
+        self.rate_per_second, burst = spec.send_rate(self.adapter)
         self.bucket = TokenBucket(self.rate_per_second, burst)
         self.breaker = CircuitBreaker(
             failures=spec.config.breaker_failures, pause=spec.config.breaker_pause
@@ -231,18 +231,6 @@ class AdapterHost:
             log.debug(
                 "batch sent", adapter=self.name, n=len(batch), seconds=time.monotonic() - started
             )
-
-
-def _rate(spec: AdapterSpec, adapter: Adapter) -> tuple[float | None, int | None]:
-    """The configured rate and burst, made stricter by what the adapter says it can send."""
-    rate, burst = spec.config.rate_per_second, spec.config.burst
-    own = adapter.send_rate() if isinstance(adapter, PacesItself) else None
-    if own is None:
-        return rate, burst
-    if rate is None or own.per_second < rate:
-        rate = own.per_second
-        burst = own.burst if burst is None else min(burst, own.burst)
-    return rate, burst
 
 
 def _well_formed(raw: object, n: int) -> bool:
