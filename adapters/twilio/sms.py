@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -52,6 +53,8 @@ CONFIRM_TAIL = "收到请回复1。"
 _IN_FLIGHT = frozenset({"accepted", "scheduled", "queued", "sending", "sent", "receiving"})
 #: Twilio's validity period limit (seconds) for messages through a messaging service.
 _MAX_VALIDITY = 36000
+#: Replies remembered by SID, so one posted twice confirms once.
+_SEEN_REPLIES = 100_000
 #: Longest a send waits for a sender's token before answering Retry.
 _MAX_SENDER_WAIT = 2.0
 
@@ -72,6 +75,7 @@ class TwilioSmsAdapter(TwilioAdapterBase):
         )
         self._confirm = {normalise_reply(word) for word in settings.confirm_words}
         self._status_url = settings.hook_url(name, "status")
+        self._seen_replies: OrderedDict[str, None] = OrderedDict()
 
     # -- pacing -----------------------------------------------------------------------------
     def send_rate(self) -> SendRate:
@@ -174,6 +178,16 @@ class TwilioSmsAdapter(TwilioAdapterBase):
             context.report(report)
         return web.Response(status=204)
 
+    def _first_time(self, reply_sid: str) -> bool:
+        if not reply_sid:
+            return True
+        if reply_sid in self._seen_replies:
+            return False
+        self._seen_replies[reply_sid] = None
+        if len(self._seen_replies) > _SEEN_REPLIES:
+            self._seen_replies.popitem(last=False)
+        return True
+
     def _status_report(
         self, delivery_id: int | None, sid: str, status: str, code: int | None, to: str
     ) -> Report | None:
@@ -210,7 +224,9 @@ class TwilioSmsAdapter(TwilioAdapterBase):
         params = await self._signature.form(request)
         sender = params.get("From", "")
         body = params.get("Body", "")
-        if not sender:
+        if not sender or not self._first_time(params.get("MessageSid", "")):
+            # A reply Twilio posts again (its webhook retries) must not confirm the sender's
+            # next open delivery, perhaps of another warning.
             return twiml(EMPTY_TWIML)
         if normalise_reply(body) not in self._confirm:
             # Not a confirmation (a question, STOP, a wrong number): kept in the daemon's log

@@ -322,3 +322,34 @@ async def test_one_sender_keeps_to_its_rate(tocsin: MakeTocsin) -> None:
         assert created[-1] - created[0] >= 0.2
         for start in created:
             assert sum(1 for t in created if start <= t < start + 1.0) <= 5
+
+
+async def test_a_reply_posted_twice_confirms_one_delivery(tocsin: MakeTocsin) -> None:
+    """Twilio may post the same reply again; with two warnings open for the person, the second
+    copy must not confirm the other warning's text."""
+    async with twilio_rig(tocsin, script=FakeScript(duplicate_callbacks=True), policy=TEXTS) as rig:
+        first = await rig.tocsin.warn((VILLAGE_A1a,))
+        second = await rig.tocsin.warn((VILLAGE_A1a,))
+        await rig.tocsin.start()
+        for warning in (first, second):
+            await settled(rig, warning.id, {("p02", "sms"): "delivered"})
+        await rig.fake.reply(from_=PHONE["p02"], to="+8610690000001", body="1")
+        await rig.fake.wait_idle()
+        await wait_until(
+            lambda: (
+                ACKED
+                in (
+                    person_states(rig, first.id)[("p02", "sms")],
+                    person_states(rig, second.id)[("p02", "sms")],
+                )
+            ),
+            what="one of the texts confirmed",
+        )
+        await asyncio.sleep(0.3)
+        await rig.tocsin.engine.intake.wait_idle()
+        states = sorted(person_states(rig, w.id)[("p02", "sms")] for w in (first, second))
+        assert states == [ACKED, "delivered"]
+        # Another reply (a new SID) confirms the other one.
+        await rig.fake.reply(from_=PHONE["p02"], to="+8610690000001", body="收到")
+        for warning in (first, second):
+            await settled(rig, warning.id, {("p02", "sms"): ACKED})
