@@ -53,7 +53,7 @@ import re
 import secrets
 import time
 import zlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -571,8 +571,10 @@ class FakeTwilio:
         self._sid_prefix = secrets.token_hex(8)
         self._sid_counter = itertools.count(1)
         self._seq = itertools.count(1)
-        self._messages: dict[str, FakeMessage] = {}
-        self._calls: dict[str, FakeCall] = {}
+        # Ordered: the oldest record is dropped past max_records (a dict's first key, deleted
+        # again and again, costs a scan over the dead slots in front of it).
+        self._messages: OrderedDict[str, FakeMessage] = OrderedDict()
+        self._calls: OrderedDict[str, FakeCall] = OrderedDict()
         self._manual: list[CallbackRecord] = []
         self._numbers: dict[str, dict[str, FakeNumber]] = {sid: {} for sid in self._accounts}
         self._numbers_by_sid: dict[str, FakeNumber] = {}
@@ -1033,7 +1035,7 @@ class FakeTwilio:
     def _store_message(self, message: FakeMessage) -> None:
         self._messages[message.sid] = message
         if len(self._messages) > self._max_records:
-            del self._messages[next(iter(self._messages))]
+            self._messages.popitem(last=False)
 
     # -- the HTTP API --------------------------------------------------------------------------
     def _app(self) -> web.Application:
@@ -1448,7 +1450,7 @@ class FakeTwilio:
         )
         self._calls[call.sid] = call
         if len(self._calls) > self._max_records:
-            del self._calls[next(iter(self._calls))]
+            self._calls.popitem(last=False)
         self._counts["calls_created"] += 1
         answer = call.resource()
         self._event(f"{call.sid} queued {from_} → {to}")

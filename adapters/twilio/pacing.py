@@ -89,8 +89,15 @@ class CallSlots:
         self._reserved = 0
 
     def _expire(self) -> None:
+        # Held in start order, so the expired ones are at the front: stop at the first live
+        # one (constant time per call, not a scan of every call in progress).
         now = self._clock()
-        for sid in [s for s, at in self._held.items() if now - at > self._timeout]:
+        expired = []
+        for sid, at in self._held.items():
+            if now - at <= self._timeout:
+                break
+            expired.append(sid)
+        for sid in expired:
             del self._held[sid]
 
     @property

@@ -9,6 +9,7 @@ tests compare)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,23 +30,24 @@ class Segments:
     count: int
 
 
-def _sizes(text: str) -> tuple[Encoding, list[int]]:
-    """The encoding, and each character's size in its units (septets or UTF-16 code units)."""
-    sizes = []
-    for char in text:
-        if char in _GSM7_BASIC:
-            sizes.append(1)
-        elif char in _GSM7_EXTENDED:
-            sizes.append(2)
-        else:
-            return "UCS-2", [2 if ord(c) > 0xFFFF else 1 for c in text]
-    return "GSM-7", sizes
+def _sizes(text: str) -> tuple[Encoding, list[int] | None]:
+    """The encoding, and each character's size in its units (septets or UTF-16 code units);
+    None when every character is one unit (the common case, counted without a list)."""
+    if _GSM7_BASIC.issuperset(text):
+        return "GSM-7", None
+    if (_GSM7_BASIC | _GSM7_EXTENDED).issuperset(text):
+        return "GSM-7", [1 if c in _GSM7_BASIC else 2 for c in text]
+    if max(text) <= "\uffff":
+        return "UCS-2", None
+    return "UCS-2", [2 if ord(c) > 0xFFFF else 1 for c in text]
 
 
-def _count(encoding: Encoding, sizes: list[int]) -> int:
+def _count(encoding: Encoding, units: int, sizes: list[int] | None) -> int:
     single, part = (160, 153) if encoding == "GSM-7" else (70, 67)
-    if sum(sizes) <= single:
+    if units <= single:
         return 1
+    if sizes is None:
+        return -(-units // part)
     # Packed part by part: a character is never split between two parts (an emoji's surrogate
     # pair, a GSM escape and its character), so a part may hold one unit less than its size.
     parts, used = 1, 0
@@ -56,11 +58,15 @@ def _count(encoding: Encoding, sizes: list[int]) -> int:
     return parts
 
 
+# The same text goes to everyone a warning reaches: counted once.
+@functools.lru_cache(maxsize=256)
 def count_segments(text: str) -> Segments:
     encoding, sizes = _sizes(text)
-    return Segments(encoding, sum(sizes), _count(encoding, sizes))
+    units = len(text) if sizes is None else sum(sizes)
+    return Segments(encoding, units, _count(encoding, units, sizes))
 
 
+@functools.lru_cache(maxsize=256)
 def fit(text: str, max_segments: int, *, keep_tail: str = "") -> str:
     """``text`` shortened to at most ``max_segments`` segments: cut before ``keep_tail`` (the
     confirmation request, which must survive) and marked with an ellipsis."""
