@@ -1326,14 +1326,20 @@ class FakeTwilio:
             repeat=self._script.duplicate_callbacks,
         )
 
-    async def _get_message(self, request: web.Request) -> web.Response:
+    async def _get_record(
+        self, request: web.Request, records: Mapping[str, FakeMessage] | Mapping[str, FakeCall]
+    ) -> web.Response:
+        """GET one message or call of the account: its resource, or Twilio's 404."""
         account = await self._guard(request)
         if isinstance(account, web.Response):
             return account
-        message = self._messages.get(request.match_info["sid"])
-        if message is None or message.account_sid != account:
+        record = records.get(request.match_info["sid"])
+        if record is None or record.account_sid != account:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
-        return _json(200, message.resource())
+        return _json(200, record.resource())
+
+    async def _get_message(self, request: web.Request) -> web.Response:
+        return await self._get_record(request, self._messages)
 
     async def _list_messages(self, request: web.Request) -> web.Response:
         account = await self._guard(request)
@@ -1728,13 +1734,7 @@ class FakeTwilio:
         await self._call_event(call, "completed", status, extra)
 
     async def _get_call(self, request: web.Request) -> web.Response:
-        account = await self._guard(request)
-        if isinstance(account, web.Response):
-            return account
-        call = self._calls.get(request.match_info["sid"])
-        if call is None or call.account_sid != account:
-            return _error(404, 20404, f"The requested resource {request.path} was not found")
-        return _json(200, call.resource())
+        return await self._get_record(request, self._calls)
 
     async def _list_calls(self, request: web.Request) -> web.Response:
         account = await self._guard(request)
