@@ -64,6 +64,7 @@ from adapters.mqtt_speaker.protocol import (
     device_topic,
     parse_alert,
 )
+from adapters.simulator_args import fraction, seconds
 
 log = logging.getLogger("tocsin.simulator.speakers")
 _MQTT_LOG = logging.getLogger("tocsin.simulator.speakers.mqtt")
@@ -951,24 +952,6 @@ def read_speakers_csv(path: str | os.PathLike[str]) -> list[SimSpeaker]:
 
 
 # -- the command line ---------------------------------------------------------------------------
-def _fraction(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("give a fraction from 0 to 1")
-    return value
-
-
-def _seconds(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError("give a number of seconds ≥ 0")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -1018,18 +1001,18 @@ def _parser() -> argparse.ArgumentParser:
         f"{AUTO_PER_DEVICE_LIMIT} speakers, else {AUTO_CONNECTIONS})",
     )
     how = parser.add_argument_group("behaviour (fractions of the speakers)")
-    how.add_argument("--offline", type=_fraction, default=0.0)
-    how.add_argument("--slow", type=_fraction, default=0.0)
-    how.add_argument("--slow-delay", type=_seconds, default=10.0, metavar="SECONDS")
-    how.add_argument("--failing", type=_fraction, default=0.0)
-    how.add_argument("--duplicate-acks", type=_fraction, default=0.0)
-    how.add_argument("--out-of-order", type=_fraction, default=0.0)
-    how.add_argument("--play-seconds", type=_seconds, default=0.0, metavar="SECONDS")
+    how.add_argument("--offline", type=fraction, default=0.0)
+    how.add_argument("--slow", type=fraction, default=0.0)
+    how.add_argument("--slow-delay", type=seconds, default=10.0, metavar="SECONDS")
+    how.add_argument("--failing", type=fraction, default=0.0)
+    how.add_argument("--duplicate-acks", type=fraction, default=0.0)
+    how.add_argument("--out-of-order", type=fraction, default=0.0)
+    how.add_argument("--play-seconds", type=seconds, default=0.0, metavar="SECONDS")
     how.add_argument("--no-progress", action="store_true", help="send only the final ack")
-    how.add_argument("--heartbeat", type=_seconds, default=60.0, metavar="SECONDS")
+    how.add_argument("--heartbeat", type=seconds, default=60.0, metavar="SECONDS")
     how.add_argument("--seed", type=int, default=1)
     parser.add_argument(
-        "--summary-seconds", type=_seconds, default=5.0, help="print a summary this often"
+        "--summary-seconds", type=seconds, default=5.0, help="print a summary this often"
     )
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser

@@ -4,10 +4,11 @@ the signature check, and asking Twilio for a message's or call's status."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import structlog
+from aiohttp import web
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
@@ -50,6 +51,14 @@ class TwilioAdapterBase:
         http, self._http, self._client = self._http, None, None
         if http is not None:
             await http.close()
+
+    async def _signed(self, request: web.Request) -> tuple[AdapterContext, Mapping[str, str]]:
+        """The context to report to and the request's form, once its signature is checked;
+        503 before the start (Twilio tries again), 403 for a bad signature."""
+        context = self._context
+        if context is None:
+            raise web.HTTPServiceUnavailable(text="adapter not started")
+        return context, await self._signature.form(request)
 
     def _require_client(self) -> Client:
         if self._client is None:

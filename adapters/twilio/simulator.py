@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import signal
 import sys
 import time
 
+from adapters.simulator_args import fraction, seconds
 from adapters.twilio.fake_script import FakeScript
 from adapters.twilio.fake_server import DEFAULT_WORKERS, FakeTwilio
 
@@ -27,26 +27,6 @@ DEMO_AUTH_TOKEN = "0badc0de" * 4
 DEFAULT_PORT = 8765
 #: Enough for a city-scale benchmark run, small enough for a day-long rehearsal.
 DEFAULT_MAX_RECORDS = 50_000
-
-
-def _fraction(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("give a fraction from 0 to 1")
-    return value
-
-
-def _seconds(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError("give a number of seconds ≥ 0")
-    return value
 
 
 def _numbers(raw: str) -> list[str]:
@@ -104,35 +84,35 @@ def _parser() -> argparse.ArgumentParser:
         f"{DEFAULT_MAX_RECORDS:,}; about 3 kB each with their callbacks)",
     )
     api = parser.add_argument_group("the API")
-    api.add_argument("--latency", type=_seconds, default=0.0, metavar="SECONDS")
-    api.add_argument("--error-rate", type=_fraction, default=0.0, help="500/503 answers")
+    api.add_argument("--latency", type=seconds, default=0.0, metavar="SECONDS")
+    api.add_argument("--error-rate", type=fraction, default=0.0, help="500/503 answers")
     api.add_argument(
         "--rate-limit-burst", type=int, default=0, metavar="N", help="the first N creates: 429"
     )
-    api.add_argument("--timeout-rate", type=_fraction, default=0.0, help="creates that hang")
+    api.add_argument("--timeout-rate", type=fraction, default=0.0, help="creates that hang")
     api.add_argument(
         "--unsubscribed", type=_numbers, default=[], metavar="+86…,…", help="refused: 21610"
     )
     sms = parser.add_argument_group("messages")
-    sms.add_argument("--undelivered-rate", type=_fraction, default=0.0, help="error 30003")
-    sms.add_argument("--failed-rate", type=_fraction, default=0.0, help="error 30008")
-    sms.add_argument("--reply-rate", type=_fraction, default=0.0, help="people who reply")
+    sms.add_argument("--undelivered-rate", type=fraction, default=0.0, help="error 30003")
+    sms.add_argument("--failed-rate", type=fraction, default=0.0, help="error 30008")
+    sms.add_argument("--reply-rate", type=fraction, default=0.0, help="people who reply")
     sms.add_argument(
         "--reply-text",
         action="append",
         metavar="TEXT",
         help="what they reply (repeat for several; default 1, 收到, Y)",
     )
-    sms.add_argument("--reply-delay", type=_seconds, default=1.0, metavar="SECONDS")
+    sms.add_argument("--reply-delay", type=seconds, default=1.0, metavar="SECONDS")
     calls = parser.add_argument_group("calls")
-    calls.add_argument("--busy-rate", type=_fraction, default=0.0)
-    calls.add_argument("--no-answer-rate", type=_fraction, default=0.0)
-    calls.add_argument("--call-failed-rate", type=_fraction, default=0.0, help="error 13224")
+    calls.add_argument("--busy-rate", type=fraction, default=0.0)
+    calls.add_argument("--no-answer-rate", type=fraction, default=0.0)
+    calls.add_argument("--call-failed-rate", type=fraction, default=0.0, help="error 13224")
     calls.add_argument("--digits", default="1", help='keys pressed at a Gather ("": none)')
-    calls.add_argument("--speak-delay", type=_seconds, default=1.0, metavar="SECONDS")
-    calls.add_argument("--gather-timeout", type=_seconds, default=5.0, metavar="SECONDS")
+    calls.add_argument("--speak-delay", type=seconds, default=1.0, metavar="SECONDS")
+    calls.add_argument("--gather-timeout", type=seconds, default=5.0, metavar="SECONDS")
     callbacks = parser.add_argument_group("callbacks")
-    callbacks.add_argument("--callback-delay", type=_seconds, default=0.2, metavar="SECONDS")
+    callbacks.add_argument("--callback-delay", type=seconds, default=0.2, metavar="SECONDS")
     callbacks.add_argument(
         "--no-callbacks",
         action="store_true",
@@ -143,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--summary-seconds",
-        type=_seconds,
+        type=seconds,
         default=0.0,
         help="print the counters this often (0: never)",
     )

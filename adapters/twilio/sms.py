@@ -163,10 +163,7 @@ class TwilioSmsAdapter(TwilioAdapterBase):
         )
 
     async def _on_status(self, request: web.Request) -> web.StreamResponse:
-        context = self._context
-        if context is None:
-            raise web.HTTPServiceUnavailable(text="adapter not started")
-        params = await self._signature.form(request)
+        context, params = await self._signed(request)
         report = self._status_report(
             delivery_id_of(request),
             params.get("MessageSid", ""),
@@ -218,10 +215,7 @@ class TwilioSmsAdapter(TwilioAdapterBase):
         return None
 
     async def _on_inbound(self, request: web.Request) -> web.StreamResponse:
-        context = self._context
-        if context is None:
-            raise web.HTTPServiceUnavailable(text="adapter not started")
-        params = await self._signature.form(request)
+        context, params = await self._signed(request)
         sender = params.get("From", "")
         body = params.get("Body", "")
         if not sender or not self._first_time(params.get("MessageSid", "")):

@@ -161,10 +161,7 @@ class TwilioVoiceAdapter(TwilioAdapterBase):
         )
 
     async def _on_call_status(self, request: web.Request) -> web.StreamResponse:
-        context = self._context
-        if context is None:
-            raise web.HTTPServiceUnavailable(text="adapter not started")
-        params = await self._signature.form(request)
+        context, params = await self._signed(request)
         status = params.get("CallStatus", "")
         sid = params.get("CallSid", "")
         if status in _FINAL and sid:
@@ -216,10 +213,7 @@ class TwilioVoiceAdapter(TwilioAdapterBase):
         )
 
     async def _on_gather(self, request: web.Request) -> web.StreamResponse:
-        context = self._context
-        if context is None:
-            raise web.HTTPServiceUnavailable(text="adapter not started")
-        params = await self._signature.form(request)
+        context, params = await self._signed(request)
         digits = params.get("Digits", "")
         delivery_id = delivery_id_of(request)
         response = VoiceResponse()
