@@ -353,3 +353,18 @@ async def test_a_reply_posted_twice_confirms_one_delivery(tocsin: MakeTocsin) ->
         await rig.fake.reply(from_=PHONE["p02"], to="+8610690000001", body="收到")
         for warning in (first, second):
             await settled(rig, warning.id, {("p02", "sms"): ACKED})
+
+
+async def test_an_unanswered_text_escalates_to_a_call_that_is_confirmed(
+    tocsin: MakeTocsin,
+) -> None:
+    """Nobody replies to the grid member's text: after the level's deadline the held call is
+    made, and pressing 1 confirms it."""
+    ladder = policy("red", ack_timeout="0.5s", rules=[rule("grid_members", "sms", "voice")])
+    async with twilio_rig(tocsin, script=FakeScript(digits="1"), policy=ladder) as rig:
+        warning = await rig.tocsin.warn((VILLAGE_A1a,))
+        await rig.tocsin.start()
+        await settled(rig, warning.id, {("p01", "sms"): "unacknowledged", ("p01", "voice"): ACKED})
+        (call,) = rig.fake.calls
+        assert call.to == PHONE["p01"]
+        assert [e[0] for e in events(rig, "p01", "sms")] == ["sent", "delivered", "unacknowledged"]
