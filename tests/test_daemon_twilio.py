@@ -1,7 +1,7 @@
 """The daemon with the Twilio adapters as a user runs it: `tocsin serve` on
-config/demo-twilio.toml against the fake Twilio server, a warning posted over HTTP; texts and
-calls (when a ladder gets there) go out through the real twilio client, and the fake's signed status callbacks, replies and
-key presses reach the daemon's /hooks/ endpoints and confirm people."""
+config/demo-twilio.toml against the fake Twilio server, a warning posted over HTTP; texts (and
+calls, when a ladder gets there) go out through the real twilio client, and the fake's signed
+status callbacks and replies reach the daemon's /hooks/ endpoints and confirm people."""
 
 from __future__ import annotations
 
