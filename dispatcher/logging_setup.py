@@ -37,3 +37,5 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
     )
     # Libraries that log through the standard library (aiohttp's access log) go to stderr.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    # basicConfig does nothing the second time (a reload that changed the level).
+    logging.getLogger().setLevel(max(numeric, logging.WARNING))

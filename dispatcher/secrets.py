@@ -50,7 +50,15 @@ def resolve_secret(reference: str, *, base_dir: Path | None = None) -> SecretStr
             f"credential {name} requested but CREDENTIALS_DIRECTORY is not set "
             "(run under systemd with LoadCredential= or set it)"
         )
-    return SecretStr(_read_secret_file(Path(directory) / name))
+    path = Path(directory) / name
+    if not path.exists():
+        # systemd skips a LoadCredentialEncrypted=NAME it finds no file for: say where it looks.
+        raise SecretError(
+            f"credential {name} is not in {directory}: encrypt it into "
+            f"/etc/credstore.encrypted/{name} and list it in the unit as "
+            f"LoadCredentialEncrypted={name} (deploy/systemd/README.md)"
+        )
+    return SecretStr(_read_secret_file(path))
 
 
 def _read_secret_file(path: Path) -> str:
