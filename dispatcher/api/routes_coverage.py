@@ -1,5 +1,6 @@
-"""A warning's coverage: counts and percentages per area and the lists of those not yet reached
-(staff), and households marked reached door-to-door by their grid member (grid members only).
+"""A warning's coverage: counts and percentages per area (as JSON, CSV or a printable summary)
+and the lists of those not yet reached (staff), and households marked reached door-to-door by
+their grid member (grid members only).
 
 A confirmation is checked here first (the token's person must be a grid member of the
 household's grid, and the household in the warning's areas), so each refusal gets its own
@@ -17,10 +18,17 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from dispatcher.api.deps import DEPS_KEY, PRINCIPAL_KEY
 from dispatcher.api.errors import ApiError
+from dispatcher.api.report_responses import (
+    COVERAGE_FORMATS,
+    csv_response,
+    report_format,
+    text_response,
+)
 from dispatcher.api.request_input import (
     BodyKind,
     body_kind,
     parse_json_model,
+    query_bool,
     query_enum,
     query_int,
     query_text,
@@ -29,6 +37,7 @@ from dispatcher.api.request_input import (
 from dispatcher.api.responses import json_response
 from dispatcher.api.routes_areas import area_code_parameter
 from dispatcher.api.routing import STAFF_ROLES, Endpoint
+from dispatcher.api.views import warning_summary
 from dispatcher.config import ApiRole
 from dispatcher.coverage_view import (
     coverage_totals_view,
@@ -37,6 +46,11 @@ from dispatcher.coverage_view import (
     unreached_view,
 )
 from dispatcher.engine.types import AckResult, HouseholdConfirmation
+from dispatcher.reports.coverage_report import (
+    COVERAGE_CSV_COLUMNS,
+    coverage_csv_rows,
+    format_coverage_summary,
+)
 from dispatcher.store.base import CoverageKind, InvalidCursor, Store
 from dispatcher.warning_service import Principal
 
@@ -64,7 +78,9 @@ class HouseholdReached(BaseModel):
     note: Annotated[str, StringConstraints(max_length=MAX_NOTE)] = ""
 
 
-async def _area_parameter(store: Store, request: web.Request, name: str) -> str | None:
+async def known_area_parameter(store: Store, request: web.Request, name: str) -> str | None:
+    """The area code in query parameter ``name`` (12 digits, or 6 for GB2260), made 12 digits;
+    400 when it is malformed or no area has it."""
     raw = request.query.get(name)
     if raw is None:
         return None
@@ -85,7 +101,7 @@ def _depth(request: web.Request) -> str:
     return raw
 
 
-def _no_warning(warning_id: str) -> ApiError:
+def no_warning(warning_id: str) -> ApiError:
     return ApiError(404, "not_found", f"no warning {warning_id}")
 
 
@@ -94,25 +110,39 @@ async def progress_and_coverage(store: Store, warning_id: str) -> dict[str, Any]
     progress = await store.progress(warning_id)
     coverage = await store.coverage(warning_id, depth=None)
     if progress is None or coverage is None:
-        raise _no_warning(warning_id)
+        raise no_warning(warning_id)
     return {"progress": progress_view(progress), "coverage": coverage_totals_view(coverage)}
 
 
 async def get_coverage(request: web.Request) -> web.Response:
     store = request.app[DEPS_KEY].store
     depth = _depth(request)
-    under = await _area_parameter(store, request, "under")
+    under = await known_area_parameter(store, request, "under")
+    tree = query_bool(request, "tree", default=False)
+    shape = report_format(request, COVERAGE_FORMATS)
     warning_id = request.match_info["id"]
-    coverage = await store.coverage(warning_id, depth=depth, under=under)
+    coverage = await store.coverage(warning_id, depth=depth, under=under, tree=tree)
     if coverage is None:
-        raise _no_warning(warning_id)
-    return json_response(coverage_view(coverage))
+        raise no_warning(warning_id)
+    view = coverage_view(coverage)
+    if shape == "csv":
+        return csv_response(
+            COVERAGE_CSV_COLUMNS, coverage_csv_rows(view), f"tocsin-coverage-{warning_id[:8]}"
+        )
+    if shape == "text":
+        warning = await store.get_warning(warning_id)
+        if warning is None:
+            raise no_warning(warning_id)
+        names = {a.code: a.name for a in await store.areas_with_ancestors(warning.area_codes)}
+        summary = format_coverage_summary(warning_summary(warning), view, area_names=names)
+        return text_response(summary)
+    return json_response(view)
 
 
 async def get_unreached(request: web.Request) -> web.Response:
     store = request.app[DEPS_KEY].store
     kind = query_enum(request, "kind", CoverageKind) or CoverageKind.PERSON
-    area = await _area_parameter(store, request, "area")
+    area = await known_area_parameter(store, request, "area")
     after = query_text(request, "after", max_length=MAX_CURSOR_LENGTH)
     limit = query_int(
         request, "limit", default=DEFAULT_UNREACHED_PAGE, low=1, high=MAX_UNREACHED_PAGE
@@ -123,7 +153,7 @@ async def get_unreached(request: web.Request) -> web.Response:
     except InvalidCursor as exc:
         raise ApiError(400, "invalid_parameter", f"after: {exc}", field="after") from None
     if page is None:
-        raise _no_warning(warning_id)
+        raise no_warning(warning_id)
     return json_response(unreached_view(warning_id, kind, area, page))
 
 
@@ -151,7 +181,7 @@ async def confirm_household_reached(request: web.Request) -> web.Response:
         check = await deps.store.check_household_confirmation(warning_id, household_id, person_id)
         refusal: ApiError | None = None
         if not check.warning_known:
-            refusal = _no_warning(warning_id)
+            refusal = no_warning(warning_id)
         elif not check.household_known:
             refusal = ApiError(404, "not_found", f"no household {household_id}")
         elif not check.member:

@@ -211,6 +211,21 @@ def _counts(row: Sequence[Any]) -> CoverageCounts:
     )
 
 
+def _tree_order(areas: list[AreaCoverage]) -> list[AreaCoverage]:
+    """Each area followed by those beneath it, siblings by code (the path of codes down to
+    each area through its listed ancestors)."""
+    parent = {a.area.code: a.area.parent_code for a in areas}
+    paths: dict[str, tuple[str, ...]] = {}
+
+    def path(code: str) -> tuple[str, ...]:
+        if code not in paths:
+            up = parent.get(code)
+            paths[code] = (*path(up), code) if up is not None and up in parent else (code,)
+        return paths[code]
+
+    return sorted(areas, key=lambda a: path(a.area.code))
+
+
 def _warning_seq(conn: sqlite3.Connection, warning_id: str) -> int | None:
     row = conn.execute("SELECT seq FROM warnings WHERE id = ?", (warning_id,)).fetchone()
     return None if row is None else int(row[0])
@@ -225,10 +240,20 @@ class SqliteCoverageQueries(SqliteConnections):
     """Mixed into :class:`dispatcher.store.sqlite.SqliteStore`."""
 
     async def coverage(
-        self, warning_id: str, *, depth: str | None, under: str | None = None
+        self,
+        warning_id: str,
+        *,
+        depth: str | None,
+        under: str | None = None,
+        tree: bool = False,
     ) -> WarningCoverage | None:
         if depth is not None and depth not in COVERAGE_DEPTHS:
             raise ValueError(f"depth must be one of {', '.join(COVERAGE_DEPTHS)}, not {depth!r}")
+        # One level, or (tree) every level from the county down to ``depth``: each read with
+        # the same query, in the same snapshot, so a county's row is the sum of its towns'.
+        levels: tuple[str, ...] = ()
+        if depth is not None:
+            levels = COVERAGE_DEPTHS[: COVERAGE_DEPTHS.index(depth) + 1] if tree else (depth,)
 
         def run(conn: sqlite3.Connection) -> WarningCoverage | None:
             _snapshot(conn)
@@ -243,7 +268,7 @@ class SqliteCoverageQueries(SqliteConnections):
                 totals = _counts(
                     conn.execute(TOTALS_QUERY.format(where=""), {"seq": seq}).fetchone()
                 )
-                params: dict[str, Any] = {"seq": seq, "level": depth}
+                params: dict[str, Any] = {"seq": seq}
                 where = areas_where = ""
                 under_row: AreaCoverage | None = None
                 if under is not None:
@@ -258,16 +283,16 @@ class SqliteCoverageQueries(SqliteConnections):
                             TOTALS_QUERY.format(where=_UNDER), {"seq": seq, "under": under}
                         ).fetchone()
                         under_row = AreaCoverage(AreaRow(*area), _counts(counts))
-                areas = (
-                    [
-                        AreaCoverage(AreaRow(*row[:4]), _counts(row[4:]))
-                        for row in conn.execute(
-                            AREAS_QUERY.format(where=where, areas=areas_where), params
-                        )
-                    ]
-                    if depth is not None
-                    else []
-                )
+                areas = [
+                    AreaCoverage(AreaRow(*row[:4]), _counts(row[4:]))
+                    for level in levels
+                    for row in conn.execute(
+                        AREAS_QUERY.format(where=where, areas=areas_where),
+                        {**params, "level": level},
+                    )
+                ]
+                if len(levels) > 1:
+                    areas = _tree_order(areas)
                 late = {
                     CoverageKind(kind): int(n)
                     for kind, n in conn.execute(LATE_QUERY, (seq,))

@@ -30,7 +30,14 @@ from dispatcher.store.base import (
 )
 from dispatcher.store.sqlite_base import SqliteConnections
 
-__all__ = ["SqliteDeviceQueries", "decode_cursor", "encode_cursor", "read_devices"]
+__all__ = [
+    "DEVICE_STATUS_COLUMNS",
+    "DEVICE_STATUS_JOIN",
+    "SqliteDeviceQueries",
+    "decode_cursor",
+    "encode_cursor",
+    "read_devices",
+]
 
 #: The address the engine sends a directory device's messages to (sqlite_engine reads it so).
 _ADDRESS = "COALESCE(NULLIF(d.address, ''), d.id)"
@@ -43,6 +50,10 @@ _STATE = (
 _DEVICE_COLUMNS = (
     f"d.id, d.kind, d.name, d.adapter, {_ADDRESS}, d.area_code, ds.last_seen, ds.detail, {_STATE}"
 )
+#: For other reads of devices ``d`` with their status (dispatcher/store/sqlite_reports.py):
+#: the join, and the columns address, last seen and state (``:silent_before`` bound).
+DEVICE_STATUS_JOIN = _JOIN
+DEVICE_STATUS_COLUMNS = f"{_ADDRESS}, ds.last_seen, {_STATE}"
 _UNREGISTERED = (
     "NOT EXISTS (SELECT 1 FROM devices d INDEXED BY devices_adapter_address "
     f"WHERE d.adapter = ds.adapter AND {_ADDRESS} = +ds.address)"
