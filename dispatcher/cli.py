@@ -13,6 +13,8 @@ from typing import Any
 
 from dispatcher.cli_devices import add_devices_command
 from dispatcher.cli_log import add_log_command
+from dispatcher.cli_report import add_report_command
+from dispatcher.cli_schedule import add_schedule_command
 from dispatcher.config import ConfigError, hash_token, load_config
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -131,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
 
     add_log_command(sub, client_options=_client_options, token=_token)
     add_devices_command(sub, client_options=_client_options, token=_token)
+    add_schedule_command(sub, client_options=_client_options, token=_token)
+    add_report_command(sub, client_options=_client_options, token=_token)
     return parser
 
 
@@ -140,17 +144,22 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from dispatcher.config import LoadedConfig
     from dispatcher.daemon import StartupError, serve
     from dispatcher.logging_setup import configure_logging
 
-    config = load_config(args.config)
-    if args.port is not None:
-        server = config.settings.server.model_copy(update={"port": args.port})
-        settings = config.settings.model_copy(update={"server": server})
-        config = config.__class__(**{**_fields(config), "settings": settings})
+    def load() -> LoadedConfig:  # at start and again on SIGHUP, --port applied both times
+        config = load_config(args.config)
+        if args.port is not None:
+            server = config.settings.server.model_copy(update={"port": args.port})
+            settings = config.settings.model_copy(update={"server": server})
+            config = config.__class__(**{**_fields(config), "settings": settings})
+        return config
+
+    config = load()
     configure_logging(config.settings.logging.level)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, reload=load))
     except StartupError as exc:
         print(f"tocsin: {exc}", file=sys.stderr)
         return 1
@@ -177,6 +186,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         print(
             f"  adapter {spec.name}: kind {spec.factory.kind}, channels {channels}, "
             f"rate {'unlimited' if rate is None else f'{rate:g}/s'}"
+        )
+    for schedule in config.settings.schedules:
+        print(
+            f"  schedule {schedule.id}: {schedule.cron} (Asia/Shanghai), "
+            f"{schedule.status.value}, {'enabled' if schedule.enabled else 'disabled'}"
         )
     return 0
 

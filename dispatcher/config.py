@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from dispatcher.domain import Channel
 from dispatcher.durations import Seconds
 from dispatcher.policy import Policy
+from dispatcher.schedules.spec import ScheduleSpec
 from dispatcher.secrets import SecretError, resolve_secret
 
 if TYPE_CHECKING:
@@ -178,6 +179,8 @@ class TocsinConfig(_Model):
     #: Adapter instances by name, in order of preference per channel.
     adapters: dict[str, AdapterInstanceConfig] = Field(default_factory=dict)
     logging: LoggingConfig = LoggingConfig()
+    #: Scheduled test broadcasts and drills, ``[[schedules]]`` (docs/schedules.md).
+    schedules: tuple[ScheduleSpec, ...] = ()
 
 
 class ConfigError(Exception):
@@ -304,6 +307,9 @@ def load_config(path: str | Path) -> LoadedConfig:
     names = [t.name for t in settings.api.tokens]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"{config_path}: api.tokens: token name {name!r} is used twice")
+    schedule_ids = [s.id for s in settings.schedules]
+    for sid in sorted({s for s in schedule_ids if schedule_ids.count(s) > 1}):
+        problems.append(f"{config_path}: schedules: schedule id {sid!r} is used twice")
 
     csv_dir = None
     if settings.directory.csv_dir is not None:

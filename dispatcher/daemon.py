@@ -1,5 +1,6 @@
 """`tocsin serve`: open the store, load the directory if it is empty, start the planner and the
-HTTP API, and run until SIGTERM/SIGINT."""
+HTTP API, and run until SIGTERM/SIGINT; reload on SIGHUP; tell systemd how it goes
+(:mod:`dispatcher.sd_notify`)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from dispatcher.api.app import ApiDeps, create_app
-from dispatcher.config import LoadedConfig
+from dispatcher.config import LoadedConfig, load_config
 from dispatcher.engine.engine import Engine
+from dispatcher.logging_setup import configure_logging
 from dispatcher.planning_worker import PlanningWorker
+from dispatcher.reload import LiveConfig, Reloader
+from dispatcher.schedules.runner import ScheduleRunner, start_schedules
+from dispatcher.sd_notify import Notifier, Watchdog, watchdog_interval
 from dispatcher.store.sqlite import SqliteStore
 from dispatcher.warning_service import WarningService
 
@@ -64,28 +69,48 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     on_listening: Callable[[int], Awaitable[None] | None] | None = None,
+    reload: Callable[[], LoadedConfig] | None = None,
 ) -> None:
-    """Run the daemon until ``stop`` is set or SIGTERM/SIGINT arrives."""
+    """Run the daemon until ``stop`` is set or SIGTERM/SIGINT arrives. On SIGHUP the config is
+    read again with ``reload`` (default: load_config on the same file) and its live parts
+    swapped in (:mod:`dispatcher.reload`)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    # What may change on reload is read through ``live``, never captured from ``config``.
+    live = LiveConfig(config)
+    notifier = Notifier.from_environment()
+    reloader = Reloader(
+        live,
+        load=reload or (lambda: load_config(config.path)),
+        notifier=notifier,
+        set_log_level=configure_logging,
+    )
     # Signals can only be handled on the main thread; an embedding caller (a test running the
     # daemon on another thread) stops it through ``stop`` instead.
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # From the start: SIGHUP's default action would end the process. A reload asked for
+        # before the daemon is ready is done once it is.
+        loop.add_signal_handler(signal.SIGHUP, reloader.request)
 
     async with AsyncExitStack() as stack:
+        stack.callback(notifier.close)
         stack.enter_context(_only_daemon_on(config.store_path))
         store = await SqliteStore.open(config.store_path)
         stack.push_async_callback(store.close)
         log.info("store open", path=str(config.store_path))
+        stack.push_async_callback(reloader.close)
+        # A first start imports the directory: minutes for a city (TimeoutStartSec= allows it).
+        notifier.status("starting: loading the directory")
         await ensure_directory(config, store)
+        reloader.directory_current()
 
         registry = CollectorRegistry()
         engine = Engine(
             store,
             config=config.settings.engine,
-            policy=lambda: config.policy,
+            policy=lambda: live.config.policy,
             adapters=config.adapters,
             registry=registry,
         )
@@ -94,17 +119,24 @@ async def serve(
         # drains in-flight sends last.
         stack.push_async_callback(engine.stop)
         planner = PlanningWorker(
-            store, lambda: config.policy, registry=registry, on_stage_committed=engine.wake
+            store, lambda: live.config.policy, registry=registry, on_stage_committed=engine.wake
         )
         await planner.start()
         stack.push_async_callback(planner.stop)
         service = WarningService(store, config.settings.cap, on_created=planner.enqueue)
+        # Scheduled test broadcasts and drills: they make warnings, so they start after the
+        # planner and the warning service and stop before them (docs/schedules.md).
+        schedules = await start_schedules(
+            store, service, config, policy=lambda: live.config.policy, registry=registry
+        )
+        stack.push_async_callback(schedules.stop)
+        reloader.apply_schedules = schedules.apply_config
 
         app = create_app(
             ApiDeps(
                 store=store,
                 warnings=service,
-                tokens=lambda: config.tokens,
+                tokens=lambda: live.config.tokens,
                 max_body_bytes=config.settings.server.max_body_bytes,
                 ready=lambda: planner.running and engine.running,
                 registry=registry,
@@ -112,6 +144,7 @@ async def serve(
                 adapters=engine.adapter_status,
                 device_heartbeat_timeout=config.settings.engine.device_heartbeat_timeout,
                 webhooks=engine.webhooks(),
+                schedules=schedules.service,
             )
         )
         runner = web.AppRunner(
@@ -129,8 +162,20 @@ async def serve(
             result = on_listening(port)
             if result is not None:
                 await result
+        host = config.settings.server.host
+        reloader.status = lambda: _status_line(host, port, engine, reloader)
+        watchdog = Watchdog(
+            notifier,
+            watchdog_interval(),
+            health=lambda: _unhealthy(engine, planner, schedules),
+            status=reloader.status,
+        )
+        watchdog.ready()
+        stack.push_async_callback(watchdog.stop)
+        reloader.enable()
         await stop.wait()
         log.info("stopping")
+        notifier.stopping("stopping: finishing in-flight sends")
     log.info("stopped")
 
 
@@ -151,6 +196,24 @@ def _only_daemon_on(store_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _unhealthy(engine: Engine, planner: PlanningWorker, schedules: ScheduleRunner) -> str | None:
+    """Why the daemon cannot do its work, or None: the watchdog is fed only while None."""
+    if not engine.running:
+        return "the engine's claim loops stopped"
+    if not planner.running:
+        return "the planner stopped"
+    if not schedules.running:
+        return "the schedule runner stopped"
+    return None
+
+
+def _status_line(host: str, port: int, engine: Engine, reloader: Reloader) -> str:
+    adapters = engine.adapter_status()
+    ready = sum(1 for a in adapters if a["state"] == "ready")
+    line = f"serving on {host}:{port}, {ready}/{len(adapters)} adapters ready"
+    return line + (", importing the directory" if reloader.importing else "")
 
 
 def _bound_port(runner: web.AppRunner, configured: int) -> int:

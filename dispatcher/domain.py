@@ -210,3 +210,7 @@ class WarningRecord:
     state: WarningState = WarningState.ACTIVE
     created_by: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    #: Plan rules replacing the level policy's rules for this warning, as a JSON array in the
+    #: policy's rule grammar (a scheduled test broadcast or drill; docs/schedules.md). None:
+    #: the level policy. Only Test and Exercise warnings carry them.
+    plan_rules: str | None = None

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dispatcher.domain import AreaLevel, WarningRecord
 from dispatcher.planner import device_stage, plan_stages
-from dispatcher.policy import Policy
+from dispatcher.policy import Policy, plan_policy
 from dispatcher.store.base import PlanResult, PlanStage, Store
 
 log = structlog.get_logger(__name__)
@@ -104,7 +104,8 @@ class PlanningWorker:
             if await self._store.expire_warning(warning_id, now=now):
                 log.warning("warning expired before it was planned", warning_id=warning_id)
             return PlanResult(warning_id, 0, 0.0, planned=False, stopped=True)
-        policy = self._policy()
+        # A scheduled test broadcast carries its own rules in place of its level's.
+        policy = plan_policy(self._policy(), warning)
         run = _Run(warning_id, started)
         # Devices first: their stage needs no directory counts, so it is committed while the
         # covered villages are counted (on the reader) to size the later stages.

@@ -9,9 +9,17 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from dispatcher.domain import Audience, Channel, DeviceKind, Level, Role
+from dispatcher.domain import Audience, Channel, DeviceKind, Level, Role, WarningRecord
 from dispatcher.durations import Seconds
 
 
@@ -200,3 +208,32 @@ class Policy(BaseModel):
 
     def for_level(self, level: Level) -> LevelPolicy:
         return self.levels[level]
+
+
+#: A warning's own plan rules (``WarningRecord.plan_rules``), as JSON.
+PLAN_RULES: TypeAdapter[tuple[PolicyRule, ...]] = TypeAdapter(tuple[PolicyRule, ...])
+
+
+def plan_rules_json(rules: tuple[PolicyRule, ...]) -> str:
+    return PLAN_RULES.dump_json(rules, exclude_defaults=True).decode()
+
+
+def plan_policy(policy: Policy, warning: WarningRecord) -> Policy:
+    """The policy ``warning`` is planned with: the level policy, or, for a warning that
+    carries its own rules (a scheduled test broadcast or drill), the level policy with the
+    level's rules replaced by those. The level's other settings (timeouts, attempts, visits)
+    stay; so does its village fallback, carried onto the warning's devices rule: the engine
+    applies the level's fallback (to an Exercise; a Test never falls back), and the planner
+    must know it to leave out what a fallback has added already."""
+    if warning.plan_rules is None:
+        return policy
+    level = policy.for_level(warning.level)
+    fallback = level.device_fallback
+    rules = tuple(
+        rule.model_copy(update={"fallback": fallback})
+        if rule.audience is AudienceSelector.DEVICES
+        else rule
+        for rule in PLAN_RULES.validate_json(warning.plan_rules)
+    )
+    replaced = level.model_copy(update={"rules": rules})
+    return policy.model_copy(update={"levels": {**policy.levels, warning.level: replaced}})

@@ -3,6 +3,7 @@ idempotency and the audit trail. Used by the HTTP API and the CLI alike."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ import structlog
 
 from dispatcher.config import ApiRole, CapConfig
 from dispatcher.domain import MsgType, Status, WarningRecord, WarningState
+from dispatcher.policy import PolicyRule, plan_rules_json
 from dispatcher.store.base import (
     CreateResult,
     DuplicateWarning,
@@ -91,12 +93,16 @@ class WarningService:
         principal: Principal,
         idempotency: IdempotencyClaim | None = None,
         notes: Sequence[str] = (),
+        plan_rules: tuple[PolicyRule, ...] | None = None,
     ) -> Submission:
         """Validate and store a new warning (Alert, Update or Cancel) and queue its plan.
 
         A Cancel may leave out the warning's content (a CAP Cancel without ``<info>``): what it
         omits is taken from the warnings it references, see :func:`_complete_cancel`.
-        ``notes`` (what the CAP parser read past) go into the audit entry as ``cap_ignored``."""
+        ``notes`` (what the CAP parser read past) go into the audit entry as ``cap_ignored``.
+        ``plan_rules`` replace the level policy's rules when the warning is planned (a
+        scheduled Test or Exercise, never an Actual warning); an Update or Cancel of such a
+        warning keeps its rules, so it reaches (and stops) the same devices and people."""
         replayed = await self._replayed(idempotency)
         if replayed is not None:
             return replayed
@@ -114,6 +120,15 @@ class WarningService:
         if data.msg_type is MsgType.CANCEL:
             latest_allowed = now_dt + timedelta(seconds=self._cap.max_expiry)
             data = _complete_cancel(data, targets, now_dt, latest_allowed)
+        if plan_rules is not None and data.status not in (Status.TEST, Status.EXERCISE):
+            raise WarningRejected(
+                "plan_rules_not_allowed",
+                "only a Test or Exercise warning may carry its own plan rules",
+                field="status",
+            )
+        rules_json = plan_rules_json(plan_rules) if plan_rules is not None else None
+        if rules_json is None and targets:
+            rules_json = targets[0].plan_rules
         supersedes = [t.id for t in targets] if data.msg_type is MsgType.UPDATE else []
         cancels = [t.id for t in targets] if data.msg_type is MsgType.CANCEL else []
 
@@ -163,6 +178,7 @@ class WarningService:
             audio_sha256=data.audio_sha256,
             state=WarningState.ACTIVE,
             created_by=principal.name,
+            plan_rules=rules_json,
         )
         try:
             result: CreateResult = await self._store.create_warning(
@@ -424,4 +440,6 @@ def _audit_detail(
     if notes:
         # What the CAP parser read past (other-language <info>, polygons, …).
         detail["cap_ignored"] = list(notes)
+    if warning.plan_rules is not None:
+        detail["plan_rules"] = json.loads(warning.plan_rules)
     return detail

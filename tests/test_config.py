@@ -218,6 +218,10 @@ def _option_paths(model: type[BaseModel], prefix: str = "") -> list[tuple[str, s
         if name == "adapters":  # named instances: the template shows one
             found += _option_paths(nested[-1], f"{prefix}{name}.rehearsal_sms.")
             continue
+        if name == "rules" and prefix == "schedules.":
+            # The level policy's rule grammar, documented in config/policy.toml.
+            found.append(("schedules", name))
+            continue
         if nested:
             found += _option_paths(nested[0], f"{prefix}{name}.")
         else:

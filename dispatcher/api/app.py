@@ -15,6 +15,8 @@ from dispatcher.api import (
     routes_devices,
     routes_log,
     routes_ops,
+    routes_reports,
+    routes_schedules,
     routes_warnings_read,
     routes_warnings_write,
 )
@@ -31,10 +33,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *routes_warnings_write.ENDPOINTS,
     *routes_warnings_read.ENDPOINTS,
     *routes_coverage.ENDPOINTS,
+    *routes_reports.ENDPOINTS,
     *routes_admin.ENDPOINTS,
     *routes_areas.ENDPOINTS,
     *routes_devices.ENDPOINTS,
     *routes_log.ENDPOINTS,
+    *routes_schedules.ENDPOINTS,
     *routes_ops.ENDPOINTS,
 )
 

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from dispatcher.adapter import WebhookRoute
 from dispatcher.config import ApiToken
 from dispatcher.engine.types import AckOutcome, HouseholdConfirmation
+from dispatcher.schedules.service import ScheduleService
 from dispatcher.store.base import Store
 from dispatcher.warning_service import Principal, WarningService
 
@@ -38,6 +39,8 @@ class ApiDeps:
     #: Adapters' webhooks (provider callbacks), by adapter instance name: served at
     #: ``/hooks/<name>/<path>``, public (each handler checks the provider's signature).
     webhooks: Sequence[tuple[str, WebhookRoute]] = ()
+    #: Scheduled test broadcasts and drills (None: the /v1/schedules endpoints answer 503).
+    schedules: ScheduleService | None = None
 
 
 DEPS_KEY = web.AppKey("tocsin_api_deps", ApiDeps)

@@ -18,6 +18,7 @@ from dispatcher.api.request_input import CAP_MEDIA_TYPES, IDEMPOTENCY_HEADER, JS
 from dispatcher.api.routing import Endpoint
 from dispatcher.domain import AreaLevel, Channel, DeviceKind, Status, WarningState
 from dispatcher.log_query import DEFAULT_PAGE, LOG_STATES, MAX_ID_LENGTH, MAX_PAGE
+from dispatcher.schedules.spec import ScheduleInput
 from dispatcher.store.base import DeviceState
 from dispatcher.warning_input import CancelRequest, WarningChange, WarningInput
 
@@ -195,6 +196,144 @@ _COVERAGE_SCHEMAS: dict[str, Schema] = {
             "reason": _STRING,
             "warning_id": _STRING,
             "household_id": _STRING,
+        }
+    ),
+}
+
+#: Operators' reports (dispatcher/reports/; docs/reports.md).
+_PROBLEMS = ("offline", "failing", "no_ack", "not_sent", "waiting")
+_REPORT_SCHEMAS: dict[str, Schema] = {
+    "FollowupPerson": _object(
+        {
+            "id": _STRING,
+            "name": _STRING,
+            "phone": _nullable(_STRING),
+            "vulnerable": {"type": "boolean"},
+            "lives_alone": {"type": "boolean"},
+            "reached_late": {"type": "boolean"},
+        }
+    ),
+    "FollowupHousehold": _object(
+        {
+            "id": _STRING,
+            "address": _STRING,
+            "reached_late": {"type": "boolean"},
+            "persons": {"type": "array", "items": _ref("FollowupPerson")},
+        }
+    ),
+    "FollowupGrid": _object(
+        {
+            "id": _STRING,
+            "name": _STRING,
+            "households": {"type": "array", "items": _ref("FollowupHousehold")},
+        }
+    ),
+    "FollowupMember": _object(
+        {
+            "id": _STRING,
+            "name": _STRING,
+            "phone": _nullable(_STRING),
+            "acknowledged": {
+                "type": "boolean",
+                "description": "the grid member acknowledged the warning (in time)",
+            },
+        }
+    ),
+    "FollowupSheet": {
+        **_object(
+            {
+                "village_code": _STRING,
+                "village_name": _STRING,
+                "grid_member": _nullable(_ref("FollowupMember")),
+                "households": _COUNT,
+                "grids": {"type": "array", "items": _ref("FollowupGrid")},
+            }
+        ),
+        "description": "One grid member's households to visit in one village: those of the "
+        "member's grids there not reached in time (grid_member null: grids without one)",
+    },
+    "Followup": _object(
+        {
+            "warning_id": _STRING,
+            "area": _nullable(_STRING),
+            "masked": {"type": "boolean"},
+            "sheets": {"type": "array", "items": _ref("FollowupSheet")},
+            "households": {**_COUNT, "description": "unreached households on this page"},
+            "next": _nullable(
+                {"type": "string", "description": "pass as `after` for the following page"}
+            ),
+        }
+    ),
+    "MaintenanceItem": {
+        **_object(
+            {
+                "device_id": _STRING,
+                "kind": _STRING,
+                "name": _STRING,
+                "area_code": _STRING,
+                "area_name": _STRING,
+                "adapter": _STRING,
+                "address": _STRING,
+                "problem": {"type": "string", "enum": list(_PROBLEMS)},
+                "delivery_state": _STRING,
+                "attempts": _COUNT,
+                "outcome": {"type": "string", "enum": ["failed", "no_ack", "not_sent", "waiting"]},
+                "reason": _STRING,
+                "last_event": _nullable(_STRING),
+                "last_event_at": _nullable(_DATETIME),
+                "device_state": _ref("DeviceState"),
+                "last_seen": _nullable(_DATETIME),
+            }
+        ),
+        "description": "A device the test targeted that did not acknowledge it. problem: "
+        "offline (offline or silent), failing (the send failed for good), no_ack (sent, never "
+        "played), not_sent, waiting (still within its deadline)",
+    },
+    "ChannelTally": _object(
+        {
+            name: _COUNT
+            for name in (
+                "deliveries",
+                "acknowledged",
+                "not_confirmed",
+                "unacknowledged",
+                "failed",
+                "skipped",
+                "waiting",
+                "not_sent",
+            )
+        }
+    ),
+    "TestReport": _object(
+        {
+            "warning_id": _STRING,
+            "status": {"type": "string", "enum": ["Test", "Exercise"]},
+            "level": _ref("Level"),
+            "event": _STRING,
+            "headline": _STRING,
+            "sent": _DATETIME,
+            "expires": _DATETIME,
+            "state": _ref("WarningState"),
+            "as_of": _DATETIME,
+            "complete": {"type": "boolean"},
+            "delivery_counts": _COUNTS_BY_NAME,
+            "devices": _object(
+                {
+                    "targeted": _COUNT,
+                    "acknowledged": _COUNT,
+                    "silent": _COUNT,
+                    "problems": _object({name: _COUNT for name in _PROBLEMS}),
+                }
+            ),
+            "maintenance": {"type": "array", "items": _ref("MaintenanceItem")},
+            "people": _object(
+                {
+                    "targeted": _COUNT,
+                    "acknowledged": _COUNT,
+                    "not_acknowledged": _COUNT,
+                    "by_channel": {"type": "object", "additionalProperties": _ref("ChannelTally")},
+                }
+            ),
         }
     ),
 }
@@ -408,6 +547,7 @@ _RESPONSE_SCHEMAS: dict[str, Schema] = {
     "AdapterList": _object({"adapters": {"type": "array", "items": _ref("AdapterStatus")}}),
     **_DEVICE_SCHEMAS,
     **_COVERAGE_SCHEMAS,
+    **_REPORT_SCHEMAS,
     "LogEvent": {
         **_object(
             {
@@ -670,9 +810,28 @@ def _coverage_operations() -> dict[str, Schema]:
                     "an area code (12 digits, or 6 for GB2260): list only the areas at `depth` "
                     "that are it or lie beneath it",
                 ),
+                _query(
+                    "tree",
+                    {"type": "boolean", "default": False},
+                    "true: the areas at every level from the county down to `depth`, each "
+                    "followed by those beneath it",
+                ),
+                _query(
+                    "format",
+                    {"type": "string", "enum": ["json", "csv", "text"], "default": "json"},
+                    "csv: one row per area and a total row; text: a printable summary in "
+                    "Chinese (docs/reports.md)",
+                ),
             ],
             "responses": {
-                "200": _json("The coverage", "Coverage"),
+                "200": {
+                    "description": "The coverage (JSON), as CSV, or as a printable summary",
+                    "content": {
+                        JSON_MEDIA_TYPE: {"schema": _ref("Coverage")},
+                        CSV_MEDIA_TYPE: {"schema": _STRING},
+                        "text/plain": {"schema": _STRING},
+                    },
+                },
                 "400": _error(400, "A malformed parameter, or an `under` that is no area"),
                 "404": _error(404),
             },
@@ -747,6 +906,83 @@ def _coverage_operations() -> dict[str, Schema]:
                 "415": _error(415),
                 "422": _error(422, "A malformed body, or a household outside the warning's areas"),
                 "503": _error(503, "No engine runs to record it"),
+            },
+        },
+    }
+
+
+def _report_operations() -> dict[str, Schema]:
+    area = {"type": "string", "pattern": _AREA_CODE_PATTERN}
+    csv: Schema = {"schema": _STRING}
+    return {
+        "getFollowup": {
+            "tags": ["warnings"],
+            "summary": "The door-to-door follow-up list: households not reached, by grid member",
+            "description": "Whole villages per page, in code order; in each, one sheet per grid "
+            "member (by their first grid) with the households of their grids there that were "
+            "not reached in time, and the people in them with their phone numbers. A page holds "
+            "up to `limit` households, or one village whole. `format=csv`: the whole list from "
+            "`after` on, one row per person, streamed. docs/reports.md.",
+            "parameters": [
+                _ID_PARAMETER,
+                _query("area", area, "only in this area or beneath it"),
+                _query(
+                    "after",
+                    {"type": "string", "pattern": "^[0-9]{12}$"},
+                    "the `next` of the previous page (a village code)",
+                ),
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": 2000, "default": 500},
+                    "households per page (a larger village is given whole)",
+                ),
+                _query(
+                    "masked",
+                    {"type": "boolean", "default": False},
+                    "true: phone numbers masked (+86138****0001)",
+                ),
+                _query(
+                    "format",
+                    {"type": "string", "enum": ["json", "csv"], "default": "json"},
+                    "csv: every page as CSV",
+                ),
+            ],
+            "responses": {
+                "200": {
+                    "description": "A page (JSON), or the whole list (CSV)",
+                    "content": {JSON_MEDIA_TYPE: {"schema": _ref("Followup")}, CSV_MEDIA_TYPE: csv},
+                },
+                "400": _error(400, "A malformed parameter or cursor, or an `area` that is no area"),
+                "404": _error(404),
+            },
+        },
+        "getTestReport": {
+            "tags": ["warnings"],
+            "summary": "A test broadcast's (or drill's) report and its maintenance list",
+            "description": "For a warning with status Test or Exercise: devices and people "
+            "that acknowledged it, people's deliveries by channel, and every device it "
+            "targeted that did not acknowledge, with the delivery log's reason and the "
+            "device's connection state. `format=csv`: the maintenance list as CSV. "
+            "docs/reports.md.",
+            "parameters": [
+                _ID_PARAMETER,
+                _query(
+                    "format",
+                    {"type": "string", "enum": ["json", "csv"], "default": "json"},
+                    "csv: the maintenance list",
+                ),
+            ],
+            "responses": {
+                "200": {
+                    "description": "The report (JSON), or its maintenance list (CSV)",
+                    "content": {
+                        JSON_MEDIA_TYPE: {"schema": _ref("TestReport")},
+                        CSV_MEDIA_TYPE: csv,
+                    },
+                },
+                "400": _error(400, "A malformed parameter"),
+                "404": _error(404),
+                "409": _error(409, "The warning is not a Test or an Exercise (`not_a_test`)"),
             },
         },
     }
@@ -843,6 +1079,13 @@ def _write_operation(
         "requestBody": {"required": body_required, "content": body},
         "responses": {"202": _ACCEPTED, **{str(s): _error(s) for s in errors}},
     }
+
+
+def _schedule_operations() -> dict[str, Schema]:
+    # Imported here: that module builds on this one's helpers.
+    from dispatcher.api.openapi_schedules import schedule_operations
+
+    return schedule_operations()
 
 
 def _operations() -> dict[str, Schema]:
@@ -1030,7 +1273,9 @@ def _operations() -> dict[str, Schema]:
         },
         **_log_operations(),
         **_coverage_operations(),
+        **_report_operations(),
         **_device_operations(),
+        **_schedule_operations(),
         "healthz": {
             "tags": ["operations"],
             "summary": "Liveness: the process answers",
@@ -1109,12 +1354,19 @@ def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
             f"OpenAPI document and routes differ: undocumented {sorted(names - set(operations))}"
             f", unrouted {sorted(set(operations) - names)}"
         )
-    schemas = _model_schemas([WarningInput, WarningChange, CancelRequest])
+    schemas = _model_schemas([WarningInput, WarningChange, CancelRequest, ScheduleInput])
     _describe_bodies(schemas)
     clashes = set(schemas) & set(_RESPONSE_SCHEMAS)
     if clashes:
         raise RuntimeError(f"schema names used twice: {sorted(clashes)}")
     schemas.update(copy.deepcopy(_RESPONSE_SCHEMAS))
+    # Imported here: that module builds on this one's helpers.
+    from dispatcher.api.openapi_schedules import SCHEDULE_SCHEMAS
+
+    clashes = set(schemas) & set(SCHEDULE_SCHEMAS)
+    if clashes:
+        raise RuntimeError(f"schema names used twice: {sorted(clashes)}")
+    schemas.update(copy.deepcopy(SCHEDULE_SCHEMAS))
 
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in endpoints:
@@ -1146,6 +1398,7 @@ def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
             {"name": "audit"},
             {"name": "directory"},
             {"name": "log"},
+            {"name": "schedules"},
             {"name": "operations"},
         ],
         "paths": paths,

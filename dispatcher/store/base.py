@@ -483,10 +483,17 @@ class Store(Protocol):
 
     # -- coverage ----------------------------------------------------------------------------
     async def coverage(
-        self, warning_id: str, *, depth: str | None, under: str | None = None
+        self,
+        warning_id: str,
+        *,
+        depth: str | None,
+        under: str | None = None,
+        tree: bool = False,
     ) -> WarningCoverage | None:
         """The warning's coverage per area at ``depth`` (county, town or village; None: no
-        areas), beneath ``under`` when given, with totals and late acknowledgements. Summed from
+        areas) — with ``tree``, at every level from the county down to ``depth``, each area
+        followed by those beneath it — beneath ``under`` when given, with totals and late
+        acknowledgements, all read in one snapshot. Summed from
         ``coverage_targets`` and ``coverage_counts`` (one row per village and kind), never from
         deliveries or ``reached``: the cost is the number of villages, not of people. None
         when there is no such warning."""

@@ -44,6 +44,8 @@ from dispatcher.store.sqlite_coverage import SqliteCoverageQueries
 from dispatcher.store.sqlite_devices import SqliteDeviceQueries
 from dispatcher.store.sqlite_engine import SqliteEngineOps
 from dispatcher.store.sqlite_log import SqliteLogQueries
+from dispatcher.store.sqlite_reports import SqliteReportQueries
+from dispatcher.store.sqlite_schedules import SqliteScheduleQueries
 from dispatcher.store.sqlite_stop import log_warning_event as _log_warning_event
 from dispatcher.store.sqlite_stop import stop_warning as _stop_warning
 from dispatcher.store.sqlite_writer import PriorityWriter
@@ -102,6 +104,8 @@ class SqliteStore(
     SqliteLogQueries,
     SqliteCoverageQueries,
     SqliteDeviceQueries,
+    SqliteReportQueries,
+    SqliteScheduleQueries,
     SqliteConnections,
 ):
     """The :class:`dispatcher.store.base.Store` on one SQLite file."""
@@ -343,8 +347,8 @@ class SqliteStore(
             "INSERT INTO warnings (id, identifier, sender, sent, status, msg_type, level, event, "
             "headline, description, instruction, area_codes, area_desc, expires, urgency, "
             "certainty, category, language, refs, note, audio_url, audio_sha256, state, "
-            "created_by, created_at) VALUES "
-            "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "created_by, created_at, plan_rules) VALUES "
+            "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 warning.id,
                 warning.identifier,
@@ -371,6 +375,7 @@ class SqliteStore(
                 warning.state.value,
                 warning.created_by,
                 created_at,
+                warning.plan_rules,
             ),
         )
         conn.executemany(
@@ -569,7 +574,7 @@ class SqliteStore(
 _WARNING_COLUMNS = (
     "id, identifier, sender, sent, status, msg_type, level, event, headline, description, "
     "instruction, area_codes, area_desc, expires, urgency, certainty, category, language, refs, "
-    "note, audio_url, audio_sha256, state, created_by"
+    "note, audio_url, audio_sha256, state, created_by, plan_rules"
 )
 
 
@@ -599,6 +604,7 @@ def _warning_from_row(row: Sequence[Any]) -> WarningRecord:
         audio_sha256=row[21],
         state=WarningState(row[22]),
         created_by=row[23],
+        plan_rules=row[24],
     )
 
 

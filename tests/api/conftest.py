@@ -16,6 +16,7 @@ from api.harness import CITY_SHAPE, MAX_BODY, ROOT, SENDER, TOKEN_NAMES, TOKENS,
 from dispatcher.api.app import ApiDeps, create_app
 from dispatcher.config import ApiToken, CapConfig, hash_token, load_policy
 from dispatcher.planning_worker import PlanningWorker
+from dispatcher.schedules.service import ScheduleService
 from dispatcher.store.sqlite import SqliteStore
 from dispatcher.synthetic import load_synthetic
 from dispatcher.warning_service import WarningService
@@ -55,6 +56,7 @@ async def api(
             max_body_bytes=MAX_BODY,
             ready=lambda: ready[0],
             registry=registry,
+            schedules=ScheduleService(store, service, sender=SENDER),
         )
     )
     client = await aiohttp_client(app)

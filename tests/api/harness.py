@@ -178,6 +178,31 @@ def expected_red_plan(api: Api, targets: list[str], *, cancel: bool = False) -> 
     return plan
 
 
+def weekly_schedule(**changes: Any) -> dict[str, Any]:
+    """A schedule's JSON body: the county's loudspeakers, Mondays 10:00 (Asia/Shanghai)."""
+    body: dict[str, Any] = {
+        "id": "weekly",
+        "name": "每周一喇叭测试",
+        "cron": "0 10 * * 1",
+        "areas": [COUNTY],
+        "rules": [{"audience": "devices", "device_kinds": ["loudspeaker"]}],
+        "headline": "应急广播例行测试",
+    }
+    body.update(changes)
+    return body
+
+
+async def config_schedule(api: Api, **changes: Any) -> None:
+    """The schedule ``weekly_schedule(**changes)`` as if from the config's [[schedules]] (the
+    API cannot remove it)."""
+    from dispatcher.api.deps import DEPS_KEY
+    from dispatcher.schedules.spec import ScheduleSpec
+
+    service = api.client.app[DEPS_KEY].schedules
+    assert service is not None
+    await service.sync_config([ScheduleSpec.model_validate(weekly_schedule(**changes))])
+
+
 def total(by_audience: dict[str, dict[str, int]]) -> int:
     return sum(sum(channels.values()) for channels in by_audience.values())
 

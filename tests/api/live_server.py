@@ -16,6 +16,7 @@ from api.harness import MAX_BODY, ROOT, SENDER, TOKEN_NAMES, TOKENS
 from dispatcher.api.app import ApiDeps, create_app
 from dispatcher.config import ApiToken, CapConfig, hash_token, load_policy
 from dispatcher.planning_worker import PlanningWorker
+from dispatcher.schedules.service import ScheduleService
 from dispatcher.store.sqlite import SqliteStore
 from dispatcher.warning_service import WarningService
 
@@ -62,16 +63,16 @@ class LiveServer:
             ApiToken(TOKEN_NAMES[role], role, SecretStr(hash_token(token)))
             for role, token in TOKENS.items()
         ]
+        warnings = WarningService(store, CapConfig(sender=SENDER), on_created=planner.enqueue)
         app = create_app(
             ApiDeps(
                 store=store,
-                warnings=WarningService(
-                    store, CapConfig(sender=SENDER), on_created=planner.enqueue
-                ),
+                warnings=warnings,
                 tokens=lambda: tokens,
                 max_body_bytes=MAX_BODY,
                 ready=lambda: True,
                 registry=CollectorRegistry(),
+                schedules=ScheduleService(store, warnings, sender=SENDER),
             )
         )
         runner = web.AppRunner(app, access_log=None)
