@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dispatcher import cli_http
 from dispatcher.cli_devices import add_devices_command
 from dispatcher.cli_log import add_log_command
 from dispatcher.cli_report import add_report_command
@@ -278,7 +279,7 @@ def _cmd_warn(args: argparse.Namespace) -> int:
             payload["expires"] = args.expires
         body = json.dumps(payload, ensure_ascii=False).encode()
         headers["Content-Type"] = "application/json"
-    status, data = asyncio.run(_request("POST", f"{args.url}/v1/warnings", headers, body))
+    status, data = asyncio.run(cli_http.request("POST", f"{args.url}/v1/warnings", headers, body))
     print(json.dumps(data, ensure_ascii=False, indent=2))
     return 0 if status < 300 else 1
 
@@ -287,7 +288,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     headers = {"Authorization": f"Bearer {_token(args)}", "Content-Type": "application/json"}
     body = json.dumps({"note": args.note}, ensure_ascii=False).encode()
     url = f"{args.url}/v1/warnings/{args.warning_id}/cancel"
-    status, data = asyncio.run(_request("POST", url, headers, body))
+    status, data = asyncio.run(cli_http.request("POST", url, headers, body))
     print(json.dumps(data, ensure_ascii=False, indent=2))
     return 0 if status < 300 else 1
 
@@ -346,12 +347,14 @@ async def _status_parts(
     args: argparse.Namespace, headers: dict[str, str]
 ) -> tuple[int, dict[str, Any]]:
     base = f"{args.url}/v1/warnings/{args.warning_id}"
-    status, warning = await _request("GET", base, headers, None)
+    status, warning = await cli_http.request("GET", base, headers, None)
     if status >= 300:
         return status, warning
-    _, plan = await _request("GET", f"{base}/plan?depth={args.depth}", headers, None)
+    _, plan = await cli_http.request("GET", f"{base}/plan?depth={args.depth}", headers, None)
     # A token that may not read coverage (a grid member's) still sees the rest.
-    shown, coverage = await _request("GET", f"{base}/coverage?depth={args.depth}", headers, None)
+    shown, coverage = await cli_http.request(
+        "GET", f"{base}/coverage?depth={args.depth}", headers, None
+    )
     return status, {
         "warning": warning,
         "plan": plan,
@@ -383,23 +386,6 @@ def _format_status(warning: dict[str, Any], plan: dict[str, Any]) -> str:
         )
         lines.append(f"{' ' * indent}{area.get('code')} {area.get('name')}: {area.get('total')}")
     return "\n".join(lines)
-
-
-async def _request(
-    method: str, url: str, headers: dict[str, str], body: bytes | None
-) -> tuple[int, Any]:
-    import aiohttp
-
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.request(method, url, headers=headers, data=body) as response,
-    ):
-        try:
-            data = await response.json(content_type=None)
-        except ValueError:
-            data = {"body": await response.text()}
-        return response.status, data
 
 
 if __name__ == "__main__":

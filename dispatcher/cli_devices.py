@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from dispatcher import cli_http
 from dispatcher.domain import DeviceKind
 from dispatcher.store.base import DeviceState
 
@@ -127,7 +128,7 @@ async def _show(base: str, headers: dict[str, str], args: argparse.Namespace) ->
                 except ValueError:
                     page = {"body": await r.text()}
             if status != 200:
-                return _refused(page)
+                return cli_http.refused("devices", page)
             devices += page["devices"]
             if not args.all or page.get("next") is None:
                 break
@@ -217,14 +218,3 @@ def _line(cells: list[str], widths: list[int]) -> str:
 def _width(text: str) -> int:
     """Terminal columns: Chinese characters take two."""
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
-
-
-def _refused(body: Any) -> int:
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        where = f" ({error['field']})" if error.get("field") else ""
-        message = f"{error.get('code')}{where}: {error.get('message')}"
-    else:
-        message = json.dumps(body, ensure_ascii=False)
-    print(f"tocsin devices: {message}", file=sys.stderr)
-    return 1

@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 
+from dispatcher import cli_http
 from dispatcher.domain import TERMINAL_DELIVERY_STATES, Channel, Level
 from dispatcher.durations import parse_duration
 from dispatcher.log_query import (
@@ -166,10 +167,10 @@ async def _table(
     query = {**params, "limit": str(args.limit)}
     if args.before is not None:
         query["before"] = str(args.before)
-    async with _session() as session:
-        status, page = await _get_json(session, f"{base}/v1/log", headers, query)
+    async with cli_http.session() as session:
+        status, page = await cli_http.get_json(session, f"{base}/v1/log", headers, query)
     if status != 200:
-        return _refused(page)
+        return cli_http.refused("log", page)
     events = list(reversed(page["events"]))  # oldest first: the newest ends up at the bottom
     if args.json:
         for event in events:
@@ -233,11 +234,11 @@ def _width(text: str) -> int:
 
 async def _export_csv(base: str, headers: dict[str, str], params: dict[str, str]) -> int:
     async with (
-        _session() as session,
+        cli_http.session() as session,
         session.get(f"{base}/v1/log.csv", headers=headers, params=params) as response,
     ):
         if response.status != 200:
-            return _refused(await _json_or_text(response))
+            return cli_http.refused("log", await cli_http.json_or_text(response))
         out = sys.stdout.buffer
         async for chunk in response.content.iter_chunked(64 * 1024):
             out.write(chunk)
@@ -287,11 +288,11 @@ async def _follow(
 ) -> int:
     shown = _Progress(args.warning)
     try:
-        async with _session(read_timeout=_STREAM_READ_TIMEOUT) as session:
+        async with cli_http.session(read_timeout=_STREAM_READ_TIMEOUT) as session:
             query = {**params, "limit": str(args.limit)}
-            status, page = await _get_json(session, f"{base}/v1/log", headers, query)
+            status, page = await cli_http.get_json(session, f"{base}/v1/log", headers, query)
             if status != 200:
-                return _refused(page)
+                return cli_http.refused("log", page)
             events = list(reversed(page["events"]))
             if not args.json:
                 shown.write(heading_line())
@@ -334,9 +335,9 @@ async def _stream(
                 f"{base}/v1/log/stream", headers=stream_headers, params=params
             ) as response:
                 if response.status != 200:
-                    body = await _json_or_text(response)
+                    body = await cli_http.json_or_text(response)
                     if 400 <= response.status < 500:
-                        return _refused(body)
+                        return cli_http.refused("log", body)
                     _note(f"the daemon answered {response.status}; trying again")
                 else:
                     delay = 1.0
@@ -411,7 +412,7 @@ async def _watch_progress(
     url = f"{base}/v1/warnings/{shown.warning_id}"
     while True:
         try:
-            status, warning = await _get_json(session, url, headers)
+            status, warning = await cli_http.get_json(session, url, headers)
         except (aiohttp.ClientError, TimeoutError):
             status, warning = 0, None  # the stream reports the connection
         if status == 200:
@@ -423,38 +424,6 @@ async def _watch_progress(
 
 
 # -- HTTP ---------------------------------------------------------------------------------------
-
-
-def _session(*, read_timeout: float | None = None) -> aiohttp.ClientSession:
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=read_timeout)
-    return aiohttp.ClientSession(timeout=timeout)
-
-
-async def _get_json(
-    session: aiohttp.ClientSession,
-    url: str,
-    headers: dict[str, str],
-    params: dict[str, str] | None = None,
-) -> tuple[int, Any]:
-    async with session.get(url, headers=headers, params=params) as response:
-        return response.status, await _json_or_text(response)
-
-
-async def _json_or_text(response: aiohttp.ClientResponse) -> Any:
-    try:
-        return await response.json(content_type=None)
-    except ValueError:
-        return {"body": await response.text()}
-
-
-def _refused(body: Any) -> int:
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        where = f" ({error['field']})" if error.get("field") else ""
-        print(f"tocsin log: {error.get('code')}{where}: {error.get('message')}", file=sys.stderr)
-    else:
-        print(f"tocsin log: {json.dumps(body, ensure_ascii=False)}", file=sys.stderr)
-    return 1
 
 
 def _note(message: str) -> None:

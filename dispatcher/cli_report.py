@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 
+from dispatcher import cli_http
 from dispatcher.reports.followup import format_followup_sheets
 from dispatcher.reports.test_report import format_test_report
 
@@ -144,9 +145,9 @@ async def _test(
     if args.csv or args.json:
         params = {"format": "csv" if args.csv else "json"}
         return await _print(session, url, headers, params, pretty_json=True)
-    status, body = await _get_json(session, url, headers, {})
+    status, body = await cli_http.get_json(session, url, headers, {})
     if status != 200:
-        return _refused(body)
+        return cli_http.refused("report", body)
     sys.stdout.write(format_test_report(body))
     return 0
 
@@ -162,9 +163,11 @@ async def _followup(
         return await _print(session, url, headers, {**params, "format": "csv"})
     warning: dict[str, Any] | None = None
     if not args.json:
-        status, found = await _get_json(session, f"{base}/v1/warnings/{args.warning_id}", headers)
+        status, found = await cli_http.get_json(
+            session, f"{base}/v1/warnings/{args.warning_id}", headers
+        )
         if status != 200:
-            return _refused(found)
+            return cli_http.refused("report", found)
         warning = found
     after: str | None = None
     printed = 0
@@ -172,9 +175,9 @@ async def _followup(
         query = {**params, "limit": str(_FOLLOWUP_PAGE)}
         if after is not None:
             query["after"] = after
-        status, page = await _get_json(session, url, headers, query)
+        status, page = await cli_http.get_json(session, url, headers, query)
         if status != 200:
-            return _refused(page)
+            return cli_http.refused("report", page)
         sheets = page.get("sheets") or []
         if args.json:
             for sheet in sheets:
@@ -203,7 +206,7 @@ async def _print(
     """The answer as it comes (CSV and text streamed to stdout); JSON indented."""
     async with session.get(url, headers=headers, params=params) as response:
         if response.status != 200:
-            return _refused(await _json_or_text(response))
+            return cli_http.refused("report", await cli_http.json_or_text(response))
         if response.content_type == "application/json" and pretty_json:
             body = await response.json()
             print(json.dumps(body, ensure_ascii=False, indent=2))
@@ -214,31 +217,3 @@ async def _print(
             out.write(chunk)
         out.flush()
     return 0
-
-
-async def _get_json(
-    session: aiohttp.ClientSession,
-    url: str,
-    headers: dict[str, str],
-    params: dict[str, str] | None = None,
-) -> tuple[int, Any]:
-    async with session.get(url, headers=headers, params=params) as response:
-        return response.status, await _json_or_text(response)
-
-
-async def _json_or_text(response: aiohttp.ClientResponse) -> Any:
-    try:
-        return await response.json(content_type=None)
-    except ValueError:
-        return {"body": await response.text()}
-
-
-def _refused(body: Any) -> int:
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        where = f" ({error['field']})" if error.get("field") else ""
-        message = f"{error.get('code')}{where}: {error.get('message')}"
-    else:
-        message = json.dumps(body, ensure_ascii=False)
-    print(f"tocsin report: {message}", file=sys.stderr)
-    return 1

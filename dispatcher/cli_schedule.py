@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from dispatcher import cli_http
 from dispatcher.domain import Level
 
 _PEOPLE_HELP = (
@@ -267,21 +268,6 @@ def _call(
     method: str, url: str, headers: dict[str, str], body: bytes | None = None
 ) -> tuple[int, Any]:
     try:
-        return asyncio.run(_request(method, url, headers, body))
+        return asyncio.run(cli_http.request(method, url, headers, body))
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise SystemExit(f"tocsin schedule: cannot reach the daemon at {url}: {exc}") from None
-
-
-async def _request(
-    method: str, url: str, headers: dict[str, str], body: bytes | None
-) -> tuple[int, Any]:
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.request(method, url, headers=headers, data=body) as response,
-    ):
-        try:
-            data = await response.json(content_type=None)
-        except ValueError:
-            data = {"body": await response.text()}
-        return response.status, data
