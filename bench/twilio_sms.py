@@ -335,26 +335,7 @@ async def tocsin_sms(
     profiler: cProfile.Profile | None = None,
 ) -> Run:
     adapter = TwilioSmsAdapter(name="sms", settings=sms_settings(fake.url, args.requests))
-    await adapter.start(Context("sms"))
-    try:
-        # Warm up: the connections, twilio's lazily imported resources.
-        warm = await adapter.send(batch[: adapter.max_batch])
-        check_accepted("Tocsin SMS warm-up", warm, len(warm))
-
-        async def work() -> list[Outcome]:
-            if profiler is not None:
-                profiler.enable()
-            try:
-                return await drive(batch, adapter.max_batch, args.concurrency, adapter.send)
-            finally:
-                if profiler is not None:
-                    profiler.disable()
-
-        run, outcomes = await measure_async(fake, len(batch), work)
-        check_accepted("Tocsin SMS", outcomes, len(batch))
-        return run
-    finally:
-        await adapter.stop()
+    return await adapter_run("Tocsin SMS", adapter, fake, batch, args, profiler)
 
 
 async def tocsin_calls(
@@ -377,10 +358,23 @@ async def tocsin_calls(
         }
     )
     adapter = TwilioVoiceAdapter(name="voice", settings=settings)
-    await adapter.start(Context("voice"))
+    return await adapter_run("Tocsin calls", adapter, fake, batch, args, profiler)
+
+
+async def adapter_run(
+    what: str,
+    adapter: TwilioSmsAdapter | TwilioVoiceAdapter,
+    fake: FakeProcess,
+    batch: list[Dispatch],
+    args: argparse.Namespace,
+    profiler: cProfile.Profile | None,
+) -> Run:
+    """Start the adapter, warm it up (connections, twilio's lazily imported resources), then
+    send the batch as the engine hands it, under the profiler when one is given."""
+    await adapter.start(Context(adapter.name))
     try:
         warm = await adapter.send(batch[: adapter.max_batch])
-        check_accepted("Tocsin calls warm-up", warm, len(warm))
+        check_accepted(f"{what} warm-up", warm, len(warm))
 
         async def work() -> list[Outcome]:
             if profiler is not None:
@@ -392,7 +386,7 @@ async def tocsin_calls(
                     profiler.disable()
 
         run, outcomes = await measure_async(fake, len(batch), work)
-        check_accepted("Tocsin calls", outcomes, len(batch))
+        check_accepted(what, outcomes, len(batch))
         return run
     finally:
         await adapter.stop()
