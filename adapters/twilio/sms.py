@@ -18,18 +18,17 @@ import structlog
 from aiohttp import web
 from twilio.rest.api.v2010.account.message import MessageInstance
 
+from adapters.sms_text.replies import masked, normalise_reply
+from adapters.sms_text.segments import count_segments, fit
 from adapters.twilio.base import TwilioAdapterBase
 from adapters.twilio.client import call_twilio
 from adapters.twilio.errors import delivery_error
 from adapters.twilio.pacing import SenderPool
-from adapters.twilio.segments import count_segments, fit
 from adapters.twilio.settings import TwilioSmsSettings
 from adapters.twilio.webhooks import (
     EMPTY_TWIML,
     delivery_id_of,
     error_code_of,
-    masked,
-    normalise_reply,
     twiml,
 )
 from dispatcher.adapter import (

@@ -9,7 +9,6 @@ nothing."""
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Mapping
 
 import structlog
@@ -63,15 +62,3 @@ def error_code_of(params: Mapping[str, str]) -> int | None:
 
 def twiml(body: str) -> web.Response:
     return web.Response(text=body, content_type=TWIML_CONTENT_TYPE, charset="utf-8")
-
-
-def normalise_reply(text: str) -> str:
-    """A reply as compared with the confirm words: NFKC (full-width ``１`` → ``1``), no
-    spaces or punctuation, case-folded."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return "".join(c for c in folded if not (c.isspace() or unicodedata.category(c)[0] == "P"))
-
-
-def masked(number: str) -> str:
-    """A phone number for logs: enough to tell numbers apart, not enough to call."""
-    return number[:-4].rstrip("0123456789") + "…" + number[-4:] if len(number) > 4 else "…"

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from adapters.sms_text.segments import count_segments
 from adapters.twilio.fake_script import FakeScript, NumberScript
 from adapters.twilio.fake_server import FakeTwilio
-from adapters.twilio.segments import count_segments
 from adapters.twilio.settings import TwilioSmsSettings
 from adapters.twilio.sms import CONFIRM_TAIL, TwilioSmsAdapter
 from dispatcher.adapter import (

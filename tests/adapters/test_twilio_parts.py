@@ -11,14 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from adapters.sms_text.replies import masked, normalise_reply
+from adapters.sms_text.segments import count_segments, fit
 from adapters.twilio.errors import delivery_error, request_error
 from adapters.twilio.fake_server import sms_segments
 from adapters.twilio.pacing import CallSlots, SenderPool
-from adapters.twilio.segments import count_segments, fit
 from adapters.twilio.settings import TwilioSmsSettings, TwilioVoiceSettings
 from adapters.twilio.sms import CONFIRM_TAIL
 from adapters.twilio.voice import TwilioVoiceAdapter
-from adapters.twilio.webhooks import masked, normalise_reply
 
 SID = "AC" + "0" * 32
 BASE: dict[str, Any] = {
