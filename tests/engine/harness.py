@@ -19,6 +19,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from small_directory import make_warning
+from waiting import wait_until
 
 from adapters.simulated.adapter import SimulatedAdapter, SimulatedSettings
 from dispatcher.adapter import Dispatch, Outcome, adapter_kinds
@@ -171,21 +172,6 @@ def read(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ..
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
-
-
-async def wait_until(
-    predicate: Callable[[], Any], *, within: float = 10.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def make_engine(
