@@ -218,6 +218,18 @@ class PacesItself(Protocol):
         """How many more dispatches it can take now (free call slots); None: no limit."""
 
 
+@runtime_checkable
+class ReportsReadiness(Protocol):
+    """An adapter whose connection can go away after it started and come back by itself (a
+    serial modem unplugged and replugged: its own task reopens the port)."""
+
+    def not_ready_reason(self) -> str | None:
+        """Why it cannot send now (``/dev/ttyUSB0: device disconnected, reopening``), or None
+        when it can. Meanwhile the engine hands it nothing, people's deliveries on its channel
+        fall over to their next channel when no other instance can take them, devices'
+        deliveries wait, and the adapter shows as not ready with this reason."""
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookRoute:
     """One HTTP endpoint a provider calls back (status callbacks, replies, key presses). The

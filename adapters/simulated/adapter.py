@@ -172,6 +172,9 @@ class SimulatedAdapter:
         self._hung = 0
         self._garbage = 0
         self._report_errors = 0
+        #: Set to a reason to act as a connection that went away after the start (a modem
+        #: unplugged): the engine then hands this instance nothing (see not_ready_reason).
+        self.connection_lost: str | None = None
 
     def __repr__(self) -> str:
         return f"SimulatedAdapter(name={self._name!r}, settings={self._settings!r})"
@@ -241,6 +244,9 @@ class SimulatedAdapter:
             drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await drainer
+
+    def not_ready_reason(self) -> str | None:
+        return self.connection_lost
 
     async def probe(self) -> ProbeResult:
         stats = self.stats

@@ -21,6 +21,7 @@ from dispatcher.adapter import (
     Outcome,
     PacesItself,
     Report,
+    ReportsReadiness,
     Retry,
     check_outcomes,
 )
@@ -30,6 +31,9 @@ from dispatcher.engine.breaker import BreakerState, CircuitBreaker
 from dispatcher.engine.rate_limit import TokenBucket
 
 log = structlog.get_logger(__name__)
+
+#: How often a started instance whose connection went away is looked at again.
+RECONNECT_POLL = 2.0
 
 
 class _Context:
@@ -85,6 +89,16 @@ class AdapterHost:
         self._next_start = 0.0
         self._task: asyncio.Task[None] | None = None
         self.on_ready: Callable[[], None] = lambda: None
+        self._readiness = self.adapter if isinstance(self.adapter, ReportsReadiness) else None
+
+    def not_ready_reason(self) -> str | None:
+        """Why a started instance cannot send now (its connection went away), if it says."""
+        if not self._ready or self._readiness is None:
+            return None
+        try:
+            return self._readiness.not_ready_reason()
+        except Exception as exc:  # a buggy adapter is not ready, not a crashed engine
+            return f"not_ready_reason() raised {type(exc).__name__}"
 
     @property
     def ready(self) -> bool:
@@ -95,6 +109,8 @@ class AdapterHost:
         """Cannot send and is not about to: failed to start, or its breaker is open."""
         if not self._ready:
             return self.start_failures > 0
+        if self.not_ready_reason() is not None:
+            return True
         return self.breaker.state is BreakerState.OPEN
 
     @property
@@ -103,6 +119,8 @@ class AdapterHost:
         breaker lets a probe through."""
         if not self._ready:
             return max(0.0, self._next_start - time.monotonic())
+        if self.not_ready_reason() is not None:
+            return RECONNECT_POLL
         return self.breaker.seconds_until_probe
 
     @property
@@ -117,6 +135,8 @@ class AdapterHost:
     def capacity(self) -> int:
         """How many deliveries may be handed to this instance now."""
         if not self._ready or self.in_flight >= self.max_in_flight or not self.breaker.allow():
+            return 0
+        if self.not_ready_reason() is not None:
             return 0
         available = self.bucket.available(self.spec.batch_size)
         if isinstance(self.adapter, PacesItself):
@@ -134,6 +154,9 @@ class AdapterHost:
         state = "ready" if self._ready else ("not_ready" if self.start_failures else "starting")
         if self._ready and self.breaker.state is not BreakerState.CLOSED:
             state = "paused"
+        reason = self.not_ready_reason()
+        if reason is not None:
+            state = "not_ready"
         return {
             "name": self.name,
             "kind": self.spec.factory.kind,
@@ -143,6 +166,7 @@ class AdapterHost:
             "start_failures": self.start_failures,
             "batches_in_flight": self.in_flight,
             "rate_per_second": self.rate_per_second,
+            **({"reason": reason} if reason is not None else {}),
         }
 
     def start(self) -> None:

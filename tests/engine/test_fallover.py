@@ -64,3 +64,35 @@ async def test_sms_falls_over_to_the_held_call(
     if "sms" in instances:
         assert t.adapter("sms").stats.sends == 1, "a paused adapter is not called"
     await t.assert_counts_consistent(w.id)
+
+
+async def test_a_connection_lost_after_the_start_hands_the_adapter_nothing(
+    tocsin: MakeTocsin,
+) -> None:
+    """An adapter whose connection went away (a modem unplugged) says why; meanwhile it gets
+    nothing, shows as not ready, and people fall over to their next channel; once it is back,
+    sending resumes on its own."""
+    t = tocsin({"sms": sim(["sms"]), "voice": sim(["voice"])}, policy=policy(rules=LADDER))
+    await t.start()
+    t.adapter("sms").connection_lost = "/dev/ttyUSB0: device disconnected, reopening"
+    w = await t.warn((VILLAGE_A1a,))
+
+    await t.wait_state(w.id, "p01", "voice", "acknowledged", within=5)
+
+    assert t.adapter("sms").stats.sends == 0
+    status = next(s for s in t.engine.adapter_status() if s["name"] == "sms")
+    assert status["state"] == "not_ready"
+    assert status["reason"] == "/dev/ttyUSB0: device disconnected, reopening"
+    sms = t.delivery(w.id, "p01", "sms")
+    assert sms.state == "failed"
+    assert any("every sms adapter is paused" in e.reason for e in t.events(sms.id))
+    waiting = t.delivery(w.id, "p02", "sms")
+    assert waiting.state == "retry_wait"
+
+    t.adapter("sms").connection_lost = None
+    t.engine.wake()
+    await t.wait_state(w.id, "p02", "sms", "acknowledged", within=40)
+    assert t.adapter("sms").stats.sends >= 1
+    status = next(s for s in t.engine.adapter_status() if s["name"] == "sms")
+    assert status["state"] == "ready"
+    assert "reason" not in status
