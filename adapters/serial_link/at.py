@@ -208,6 +208,11 @@ class AtChannel:
                         stage = "answer"
                         self.link.write(payload)
                 return await pending.future
+        except asyncio.CancelledError:
+            # Given up by the caller (the engine's send timeout): the answer may still come
+            # and must not be taken for the next command's.
+            self._resync = True
+            raise
         except TimeoutError:
             self._resync = True
             if stage == "prompt":

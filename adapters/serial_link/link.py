@@ -26,6 +26,8 @@ log = structlog.get_logger(__name__)
 
 #: The first pause before reopening a port that went away (a USB modem re-enumerates in ~1 s).
 REOPEN_INITIAL = 0.2
+#: How long close() waits for the port to be released.
+CLOSE_WAIT = 2.0
 
 
 class _PortProtocol(asyncio.Protocol):
@@ -84,6 +86,7 @@ class SerialLink:
         self._task: asyncio.Task[None] | None = None
         self._first: asyncio.Future[None] | None = None
         self._closing = False
+        self._lost_future: asyncio.Future[str] | None = None
         self.last_error = "not opened yet"
         #: How many times the port has been opened (a command can tell it was reopened).
         self.generation = 0
@@ -132,8 +135,15 @@ class SerialLink:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        lost = self._lost_future
         self._drop_transport()
         self._ready.clear()
+        if lost is not None and not lost.done():
+            # pyserial-asyncio-fast closes the device in an executor: only once the protocol
+            # hears of it is the port free for the next open (a probe, then a start).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_WAIT):
+                    await asyncio.shield(lost)
         first = self._first
         if first is not None and not first.done():
             first.cancel()
@@ -163,6 +173,7 @@ class SerialLink:
                 delay = min(delay * 2, self._reopen_max)
                 continue
             self._transport = transport
+            self._lost_future = protocol.lost
             self.generation += 1
             # Told at once, even during the set-up: a command waiting on the device fails now
             # rather than at its timeout.
@@ -189,7 +200,9 @@ class SerialLink:
                 "serial port open", adapter=self._name, port=self.port, generation=self.generation
             )
             delay = REOPEN_INITIAL
-            self._lost(await protocol.lost)
+            # Shielded: cancelling this task (close) must not cancel the port's own future,
+            # which close() waits on to know the port is released.
+            self._lost(await asyncio.shield(protocol.lost))
 
     def _lost(self, reason: str) -> None:
         self._ready.clear()

@@ -316,3 +316,23 @@ def test_port_settings_explain_what_is_wrong() -> None:
     with pytest.raises(ValueError, match="not a standard baud rate"):
         SerialPortSettings(port="/dev/ttyUSB0", baudrate=115201)
     assert SerialPortSettings(port="/dev/ttyUSB0").baudrate == 115200
+
+
+async def test_a_closed_port_can_be_opened_again_at_once(modem: Modem) -> None:
+    for _ in range(3):
+        link = SerialLink(port=modem.path, baudrate=9600, name="t", on_bytes=lambda _: None)
+        await link.open(within=2)
+        await link.close()
+
+
+async def test_a_cancelled_command_does_not_leave_its_answer_for_the_next(
+    modem: Modem, channel: Channel
+) -> None:
+    modem.slow["AT+LATE"] = 0.3
+    pending = asyncio.create_task(channel.at.command("AT+LATE", within=5))
+    await asyncio.sleep(0.05)
+    pending.cancel()  # the engine's send timeout gives up on a batch
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    await asyncio.sleep(0.3)
+    assert (await channel.at.command("AT+CREG?")).lines == ("+CREG: 0,1",)
