@@ -84,3 +84,32 @@ def fit(text: str, max_segments: int, *, keep_tail: str = "") -> str:
             return candidate
         cut -= max(1, cut // 50)
     return tail[: budget - 1] if tail else "…"
+
+
+def split(text: str, *, udh_octets: int = 6) -> tuple[Encoding, tuple[str, ...]]:
+    """``text`` as the parts of a concatenated SMS (one part when it fits in one segment).
+
+    A part holds 153 septets (GSM-7) or 67 UTF-16 code units (UCS-2) after a 6-octet
+    concatenation header (8-bit reference); ``udh_octets=7`` (16-bit reference) leaves 152 / 66.
+    A character is never split between parts: an emoji's surrogate pair and a GSM escape with
+    its character stay together, so a part may hold one unit less than its size. With the
+    default header the parts are exactly those :func:`count_segments` counts."""
+    encoding, sizes = _sizes(text) if text else ("GSM-7", None)
+    units = len(text) if sizes is None else sum(sizes)
+    if encoding == "GSM-7":
+        single, part = 160, (140 - udh_octets) * 8 // 7
+    else:
+        single, part = 70, (140 - udh_octets) // 2
+    if units <= single:
+        return encoding, (text,)
+    if sizes is None:
+        return encoding, tuple(text[i : i + part] for i in range(0, len(text), part))
+    parts: list[str] = []
+    start, used = 0, 0
+    for i, size in enumerate(sizes):
+        if used + size > part:
+            parts.append(text[start:i])
+            start, used = i, 0
+        used += size
+    parts.append(text[start:])
+    return encoding, tuple(parts)

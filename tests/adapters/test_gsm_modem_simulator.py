@@ -1,0 +1,144 @@
+"""The gsm profile of ``tocsin simulate modem``: its knobs, the settings block it prints, and the
+simulator as an installer runs it (a separate process the adapter probes and sends through)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import tomllib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from adapters.gsm_modem import simulator as gsm_profile
+from adapters.gsm_modem.adapter import GsmModemAdapter
+from adapters.gsm_modem.settings import GsmModemSettings
+from adapters.gsm_modem.simulator import GsmModemSimulator
+from adapters.serial_link.simulator import apply_common_knobs, parser_for
+from dispatcher.adapter import Accepted, DeviceStatus, Dispatch, Report, WarningContent
+from dispatcher.domain import Audience, Channel, Level, MsgType, Status
+
+
+class Context:
+    def __init__(self) -> None:
+        self.reports: list[Report] = []
+
+    @property
+    def adapter_name(self) -> str:
+        return "modem"
+
+    def report(self, report: Report) -> None:
+        self.reports.append(report)
+
+    def device_status(self, status: DeviceStatus) -> None:
+        pass
+
+
+def test_the_profile_knobs_build_the_simulator(tmp_path: Path) -> None:
+    argv = [
+        "--profile=gsm",
+        "--tiantong",
+        "--no-signal",
+        "--sim=pin",
+        "--sim-pin=2468",
+        "--fail=+8613812345678",
+        "--fail=+8613912345678=62",
+        "--cms-error=42",
+        "--cms-error=331",
+        "--reply=+8617400000001=收到",
+        "--latency=0.2",
+    ]
+    parser, module = parser_for(argv)
+    assert module is gsm_profile
+    args = parser.parse_args(argv)
+    device = gsm_profile.build(args, link=str(tmp_path / "tt"))
+    apply_common_knobs(device, args)
+    assert isinstance(device, GsmModemSimulator)
+    assert device.identity.manufacturer == "China Satcom"
+    assert "Tiantong" in device.description
+    assert (device.registered, device.rssi, device.sim_pin) == (False, 99, "2468")
+    assert device.statuses == {"+8613812345678": [0x41], "+8613912345678": [0x62]}
+    assert list(device.cms_errors) == [42, 331]
+    assert device.scheduled_replies == [("+8617400000001", "收到")]
+    assert device.latency == 0.2
+
+
+def test_the_printed_settings_block_is_valid_config() -> None:
+    hint = gsm_profile.settings_hint("/dev/serial/by-id/usb-Quectel_EC20-if02")
+    config = tomllib.loads(hint)
+    block = config["adapters"]["modem"]
+    assert block["kind"] == "gsm_modem"
+    settings = GsmModemSettings.model_validate(block["settings"])
+    assert settings.port == "/dev/serial/by-id/usb-Quectel_EC20-if02"
+
+
+async def test_the_simulator_process_answers_the_adapter(tmp_path: Path) -> None:
+    link = tmp_path / "gsm"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "adapters.serial_link.simulator",
+        "--profile",
+        "gsm",
+        "--link",
+        str(link),
+        "--latency",
+        "0",
+        "--submit-delay",
+        "0.05",
+        "--report-delay",
+        "0.05",
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(10):
+            banner = (await process.stdout.readline()).decode()
+            assert "GSM/4G modem" in banner
+            assert str(link) in banner
+            settings = GsmModemSettings(port=str(link), command_timeout=1, open_timeout=3)
+            adapter = GsmModemAdapter(name="modem", settings=settings)
+            probe = await adapter.probe()
+            assert probe.ok, probe.summary
+            context = Context()
+            await adapter.start(context)
+            now = datetime.now(UTC)
+            warning = WarningContent(
+                id="w1",
+                status=Status.TEST,
+                msg_type=MsgType.ALERT,
+                level=Level.BLUE,
+                event="测试",
+                headline="测试",
+                description="",
+                instruction="",
+                area_codes=(),
+                sent=now,
+                expires=now + timedelta(hours=1),
+            )
+            [outcome] = await adapter.send(
+                [
+                    Dispatch(
+                        delivery_id=1,
+                        warning=warning,
+                        channel=Channel.SMS,
+                        audience=Audience.PERSON,
+                        target_id="P1",
+                        address="+8613812345678",
+                        area_code="611002101201",
+                        attempt=1,
+                        text="【测试】预警系统测试。收到请回复1。",
+                    )
+                ]
+            )
+            assert isinstance(outcome, Accepted)
+            while not context.reports:  # noqa: ASYNC110 — a plain list the context fills
+                await asyncio.sleep(0.02)
+            await adapter.stop()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(5):
+            await process.wait()
+    assert process.returncode == 0
