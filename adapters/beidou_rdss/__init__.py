@@ -1,0 +1,1 @@
+"""BeiDou RDSS short-message terminals on a serial port (``$CCTXA`` / ``$BDFKI`` / ``$BDTXR``)."""
