@@ -40,6 +40,7 @@ from adapters.gsm_modem.pdu import (
     tpdu_length,
 )
 from adapters.serial_link.pty_device import CTRL_Z, AtDevice
+from adapters.simulator_args import fraction, seconds
 
 CHINA = timezone(timedelta(hours=8))
 _CRLF = b"\r\n"
@@ -122,6 +123,11 @@ class GsmModemSimulator(AtDevice):
         self.resets = 0
         #: (sender, text) delivered a few seconds after start (``--reply``).
         self.scheduled_replies: list[tuple[str, str]] = []
+        #: The share of recipients who answer ``reply_text`` ``reply_delay`` seconds after their
+        #: message is delivered (a duty officer confirming on the town's satellite phone).
+        self.reply_rate = 0.0
+        self.reply_delay = 5.0
+        self.reply_text = "1"
         self._timers: set[asyncio.TimerHandle] = set()
         self._final_override: str | None = None
         self._answer_delay = 0.0
@@ -199,6 +205,17 @@ class GsmModemSimulator(AtDevice):
             self.unsolicited(f"+CDS: {tpdu_length(pdu)}", pdu)
         elif ds == 2:
             self.unsolicited(f'+CDSI: "SM",{self._store(0, pdu)}')
+        concatenation = part.submit.concatenation
+        last_part = concatenation is None or concatenation.part == concatenation.parts
+        if status < 0x20 and last_part and self.random.random() < self.reply_rate:
+            handle = asyncio.get_running_loop().call_later(
+                self.reply_delay, self._auto_reply, part.submit.destination
+            )
+            self._timers.add(handle)
+
+    def _auto_reply(self, number: str) -> None:
+        if self.plugged:
+            self.receive_sms(number, self.reply_text)
 
     def report_later(self, part: SentPart) -> None:
         """Schedule the status reports of an accepted part, ``report_delay`` apart, after the
@@ -471,6 +488,16 @@ def add_arguments(parser: Any) -> None:
         metavar="NUMBER=TEXT",
         help="deliver this SMS to the modem 5 s after start (a reply like 1 or 收到)",
     )
+    parser.add_argument(
+        "--reply-rate",
+        type=fraction,
+        default=0.0,
+        help="share of recipients who reply after their message is delivered (default 0)",
+    )
+    parser.add_argument(
+        "--reply-delay", type=seconds, default=5.0, help="seconds from delivery to the reply"
+    )
+    parser.add_argument("--reply-text", default="1", help="what they reply (default 1)")
 
 
 def build(args: argparse.Namespace, *, link: str) -> GsmModemSimulator:
@@ -496,6 +523,9 @@ def build(args: argparse.Namespace, *, link: str) -> GsmModemSimulator:
         except ValueError:
             raise ValueError(f"--fail {item}: the status is a hex TP-ST value") from None
     device.cms_errors.extend(args.cms_error)
+    device.reply_rate = args.reply_rate
+    device.reply_delay = args.reply_delay
+    device.reply_text = args.reply_text
     for item in args.reply:
         number, sep, text = item.partition("=")
         if not sep:

@@ -11,12 +11,21 @@ import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from waiting import wait_until
+
 from adapters.gsm_modem import simulator as gsm_profile
 from adapters.gsm_modem.adapter import GsmModemAdapter
 from adapters.gsm_modem.settings import GsmModemSettings
 from adapters.gsm_modem.simulator import GsmModemSimulator
 from adapters.serial_link.simulator import apply_common_knobs, parser_for
-from dispatcher.adapter import Accepted, DeviceStatus, Dispatch, Report, WarningContent
+from dispatcher.adapter import (
+    Accepted,
+    DeviceStatus,
+    Dispatch,
+    Report,
+    ReportState,
+    WarningContent,
+)
 from dispatcher.domain import Audience, Channel, Level, MsgType, Status
 
 
@@ -142,3 +151,53 @@ async def test_the_simulator_process_answers_the_adapter(tmp_path: Path) -> None
         async with asyncio.timeout(5):
             await process.wait()
     assert process.returncode == 0
+
+
+async def test_recipients_reply_after_delivery_at_the_reply_rate(tmp_path: Path) -> None:
+    """The knobs the demo uses: a delivered message is answered by its recipient."""
+    argv = ["--profile=gsm", "--reply-rate=1", "--reply-delay=0.01", "--reply-text=收到"]
+    parser, _ = parser_for(argv)
+    sim = gsm_profile.build(parser.parse_args(argv), link=str(tmp_path / "gsm"))
+    sim.report_delay = sim.submit_delay = 0.01
+    async with sim:
+        context = Context()
+        settings = GsmModemSettings(port=sim.path, command_timeout=1, open_timeout=3)
+        adapter = GsmModemAdapter(name="modem", settings=settings)
+        await adapter.start(context)
+        try:
+            now = datetime.now(UTC)
+            warning = WarningContent(
+                id="w1",
+                status=Status.TEST,
+                msg_type=MsgType.ALERT,
+                level=Level.BLUE,
+                event="测试",
+                headline="测试",
+                description="",
+                instruction="",
+                area_codes=(),
+                sent=now,
+                expires=now + timedelta(hours=1),
+            )
+            dispatch = Dispatch(
+                delivery_id=7,
+                warning=warning,
+                channel=Channel.MODEM,
+                audience=Audience.DEVICE,
+                target_id="MDM-1",
+                address="+8617400000001",
+                area_code="611002101000",
+                attempt=1,
+                text="【测试】预警系统测试。收到请回复1。",
+            )
+            [outcome] = await adapter.send([dispatch])
+            assert isinstance(outcome, Accepted)
+            await wait_until(
+                lambda: any(r.state is ReportState.ACKNOWLEDGED for r in context.reports),
+                within=5,
+                what="the recipient's reply",
+            )
+        finally:
+            await adapter.stop()
+    [ack] = [r for r in context.reports if r.state is ReportState.ACKNOWLEDGED]
+    assert (ack.delivery_id, ack.from_address) == (7, "+8617400000001")
