@@ -165,12 +165,119 @@ def _twilio_voice() -> AbstractAsyncContextManager[Harness]:
     return _fake_twilio(Channel.VOICE, "callers", max_concurrent_calls=10000)
 
 
+@asynccontextmanager
+async def _iridium_sbd() -> AsyncIterator[Harness]:
+    """The simulated Iridium 9602 on a pty; an address that is not an IMEI fails at once."""
+    from adapters.iridium_sbd.simulator import IridiumSimulator
+
+    with tempfile.TemporaryDirectory(prefix="tocsin-contract-iridium-") as scratch:
+        async with IridiumSimulator(link=Path(scratch) / "iridium") as device:
+            yield Harness(
+                settings={
+                    "port": device.path,
+                    "command_timeout": 1,
+                    "open_timeout": 3,
+                    "session_timeout": 3,
+                    "session_interval": 0,
+                    "reopen_max": 0.5,
+                },
+                targets=(
+                    Target(Channel.MODEM, "300234010000001"),
+                    Target(Channel.MODEM, "3002340", Failed),
+                ),
+            )
+
+
+@asynccontextmanager
+async def _beidou_rdss() -> AsyncIterator[Harness]:
+    """The simulated BeiDou terminal on a pty, its card without a service interval (the
+    contract sends without the engine's pacing); an address that is no user id fails at once."""
+    from adapters.beidou_rdss.simulator import BeidouTerminal
+
+    with tempfile.TemporaryDirectory(prefix="tocsin-contract-beidou-") as scratch:
+        async with BeidouTerminal(link=Path(scratch) / "beidou", interval=0) as device:
+            yield Harness(
+                settings={
+                    "port": device.path,
+                    "command_timeout": 1,
+                    "open_timeout": 3,
+                    "reopen_max": 0.5,
+                    "probe_listen": 1,
+                },
+                targets=(
+                    Target(Channel.MODEM, "141814"),
+                    Target(Channel.MODEM, "13812345678", Failed),
+                ),
+            )
+
+
+@asynccontextmanager
+async def _gsm_modem() -> AsyncIterator[Harness]:
+    """The simulated GSM modem on a pty, its SIM locked by a PIN (the secret field); an address
+    that is no phone number fails at once."""
+    from adapters.gsm_modem.simulator import GsmModemSimulator
+
+    with tempfile.TemporaryDirectory(prefix="tocsin-contract-gsm-") as scratch:
+        async with GsmModemSimulator(link=Path(scratch) / "gsm", sim_pin="2468") as device:
+            yield Harness(
+                settings={
+                    "port": device.path,
+                    "sim_pin": "2468",
+                    "command_timeout": 1,
+                    "open_timeout": 3,
+                    "reopen_max": 0.5,
+                    "submit_timeout": 2,
+                    "send_budget": 8,
+                },
+                targets=(
+                    Target(Channel.SMS, "+8613812345678"),
+                    Target(Channel.SMS, "+86 12", Failed),
+                    Target(Channel.MODEM, "+8617400000001"),
+                    Target(Channel.MODEM, "MDM-1", Failed),
+                ),
+            )
+
+
+@asynccontextmanager
+async def _serial_transmitter() -> AsyncIterator[Harness]:
+    """Two simulated transmitters on a pty bus; an address that is no line id fails at once."""
+    from adapters.serial_transmitter.simulator import SimulatedTransmitter, TransmitterBusDevice
+
+    with tempfile.TemporaryDirectory(prefix="tocsin-contract-tx-") as scratch:
+        async with TransmitterBusDevice(
+            transmitters=[
+                SimulatedTransmitter(1, ("611002101201",)),
+                SimulatedTransmitter(2, ("611002000000",)),
+            ],
+            link=Path(scratch) / "tx",
+        ) as device:
+            yield Harness(
+                settings={
+                    "port": device.path,
+                    "transmitters": ["1", "2"],
+                    "command_timeout": 0.5,
+                    "open_timeout": 3,
+                    "reopen_max": 0.5,
+                    "status_interval": 0,
+                },
+                targets=(
+                    Target(Channel.TRANSMITTER, "1"),
+                    Target(Channel.TRANSMITTER, "2"),
+                    Target(Channel.TRANSMITTER, "TX-NOT-AN-ID", Failed),
+                ),
+            )
+
+
 #: One row per adapter kind, "simulated" first. Add a row with the kind's entry point.
 HARNESSES: dict[str, HarnessFactory] = {
     "simulated": _simulated,
     "mqtt_speaker": _mqtt_speaker,
     "twilio_sms": _twilio_sms,
     "twilio_voice": _twilio_voice,
+    "iridium_sbd": _iridium_sbd,
+    "beidou_rdss": _beidou_rdss,
+    "gsm_modem": _gsm_modem,
+    "serial_transmitter": _serial_transmitter,
 }
 
 KINDS = sorted(adapter_kinds())
