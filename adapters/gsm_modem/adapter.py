@@ -173,6 +173,19 @@ class GsmModemAdapter:
     def room(self) -> int | None:
         return None
 
+    # -- readiness (ReportsReadiness) -------------------------------------------------------------
+    def not_ready_reason(self) -> str | None:
+        """Why the started adapter cannot send now: the port went away and is being reopened,
+        or the modem restarted and is being set up again."""
+        channel = self._channel
+        if channel is None:
+            return None
+        if not channel.ready:
+            return f"{channel.port}: {channel.last_error or 'not open'}, reopening"
+        if self._reinit is not None and not self._reinit.done():
+            return f"{channel.port}: the modem restarted and is being set up again"
+        return None
+
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self, context: AdapterContext) -> None:
         self._context = context

@@ -534,11 +534,15 @@ async def test_unplugged_mid_send_retries_then_recovers_and_sets_up_again(
         [not_ready] = await adapter.send([to_person(3)])
         assert isinstance(not_ready, Retry)
         assert "not ready" in not_ready.reason
+        reason = adapter.not_ready_reason()
+        assert reason is not None
+        assert reason.startswith(f"{modem.path}: ")
+        assert reason.endswith("reopening")
         setups = modem.commands.count("ATE0")
         modem.replug()
         modem.submit_delay = 0.0
         await until(lambda: modem.commands.count("ATE0") > setups and modem.cnmi[1] == 2)
-        await until(lambda: adapter._channel is not None and adapter._channel.ready)
+        await until(lambda: adapter.not_ready_reason() is None)
         [outcome] = await adapter.send([to_person(4, text="测试")])
     assert isinstance(outcome, Accepted)
     await until(lambda: any(r.delivery_id == 4 for r in context.reports))
