@@ -33,6 +33,7 @@ from adapters.beidou_rdss.sentences import (
     read,
 )
 from adapters.beidou_rdss.settings import BeidouRdssSettings
+from adapters.log_throttle import ThrottledWarning
 from adapters.serial_link.errors import PortClosed, ResponseTimeout
 from adapters.serial_link.lines import LineSplitter
 from adapters.serial_link.link import SerialLink
@@ -52,24 +53,6 @@ class Counters:
     #: Answers nobody waited for (late, after a timeout) and dropped.
     unexpected: int = 0
     inbound: int = 0
-
-
-class _Throttled:
-    """Logs a repeated problem at most once a second, with how many were dropped since."""
-
-    def __init__(self, event: str) -> None:
-        self._event = event
-        self._last = 0.0
-        self._suppressed = 0
-
-    def __call__(self, **fields: object) -> None:
-        now = time.monotonic()
-        if now - self._last < 1.0:
-            self._suppressed += 1
-            return
-        log.warning(self._event, suppressed=self._suppressed, **fields)
-        self._last = now
-        self._suppressed = 0
 
 
 class Terminal:
@@ -106,7 +89,9 @@ class Terminal:
         self.beams: BeamInfo | None = None
         self.beams_at = 0.0
         self.counters = Counters()
-        self._warn_malformed = _Throttled("malformed line from the BeiDou terminal dropped")
+        self._warn_malformed = ThrottledWarning(
+            log, "malformed line from the BeiDou terminal dropped"
+        )
 
     @property
     def port(self) -> str:

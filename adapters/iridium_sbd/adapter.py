@@ -56,6 +56,7 @@ from adapters.iridium_sbd.status import (
     parse_sbdix,
     parse_write_result,
 )
+from adapters.log_throttle import ThrottledWarning
 from adapters.serial_link.at import AtChannel, AtReply, Urc
 from adapters.serial_link.errors import PortClosed, PortUnavailable, SerialLinkError
 from adapters.sms_text.replies import masked, normalise_reply
@@ -110,24 +111,6 @@ class _Counters:
     unmatched: int = 0
 
 
-class _ThrottledWarning:
-    """Logs a repeated problem at most once a second, with how many were dropped since."""
-
-    def __init__(self, event: str) -> None:
-        self._event = event
-        self._last = 0.0
-        self._suppressed = 0
-
-    def __call__(self, **fields: Any) -> None:
-        now = time.monotonic()
-        if now - self._last < 1.0:
-            self._suppressed += 1
-            return
-        log.warning(self._event, suppressed=self._suppressed, **fields)
-        self._last = now
-        self._suppressed = 0
-
-
 class IridiumSbdAdapter:
     kind: ClassVar[str] = "iridium_sbd"
     channels: ClassVar[frozenset[Channel]] = frozenset({Channel.MODEM})
@@ -158,7 +141,9 @@ class IridiumSbdAdapter:
         self.identity: dict[str, str] = {}
         self.signal: int | None = None
         self.counters = _Counters()
-        self._warn_malformed = _ThrottledWarning("malformed SBD message from a terminal dropped")
+        self._warn_malformed = ThrottledWarning(
+            log, "malformed SBD message from a terminal dropped"
+        )
 
     @property
     def name(self) -> str:

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import aiomqtt
 import structlog
 
+from adapters.log_throttle import ThrottledWarning
 from adapters.mqtt_speaker.connection import BrokerConnection, ConnectionRole, NotConnected
 from adapters.mqtt_speaker.protocol import (
     Ack,
@@ -104,24 +105,6 @@ class _Counters:
     progress_skipped: int = 0
 
 
-class _ThrottledWarning:
-    """Logs a repeated problem at most once a second, with how many were dropped since."""
-
-    def __init__(self, event: str) -> None:
-        self._event = event
-        self._last = 0.0
-        self._suppressed = 0
-
-    def __call__(self, **fields: Any) -> None:
-        now = time.monotonic()
-        if now - self._last < 1.0:
-            self._suppressed += 1
-            return
-        log.warning(self._event, suppressed=self._suppressed, **fields)
-        self._last = now
-        self._suppressed = 0
-
-
 class MqttSpeakerAdapter:
     kind: ClassVar[str] = "mqtt_speaker"
     channels: ClassVar[frozenset[Channel]] = frozenset({Channel.SPEAKER})
@@ -153,7 +136,7 @@ class MqttSpeakerAdapter:
         self._last_state_at = 0.0
         self._background: set[asyncio.Task[None]] = set()
         self.counters = _Counters()
-        self._warn_malformed = _ThrottledWarning("malformed message from a speaker dropped")
+        self._warn_malformed = ThrottledWarning(log, "malformed message from a speaker dropped")
 
     @property
     def name(self) -> str:
