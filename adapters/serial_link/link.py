@@ -184,7 +184,9 @@ class SerialLink:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    self._failed(f"device did not set up: {exc}")
+                    # The kind's errors name the port already; the message names it once.
+                    why = str(exc).removeprefix(f"{self.port}: ")
+                    self._failed(f"device did not set up: {why}")
                     self._drop_transport()
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._reopen_max)
@@ -212,7 +214,8 @@ class SerialLink:
             log.warning("serial port lost", adapter=self._name, port=self.port, reason=reason)
 
     def _notify_close(self, lost: asyncio.Future[str]) -> None:
-        if self._on_close is None or lost.cancelled():
+        # A close asked for (stop, the end of a probe) is no news to the kind.
+        if self._on_close is None or lost.cancelled() or self._closing:
             return
         try:
             self._on_close(lost.result())
