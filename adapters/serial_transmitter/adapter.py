@@ -254,7 +254,11 @@ class SerialTransmitterAdapter:
         """The command a dispatch becomes, and what the delivery log shows of it."""
         w = d.warning
         areas = select_areas(w.area_codes, d.area_code, self._profile.max_areas)
-        if not areas:
+        # A test that names no area (an installer's `tocsin adapters test … --to 1`) goes to
+        # every area the transmitter serves (an empty list, PROTOCOL.md); a real warning or a
+        # stop must say where.
+        whole_coverage_test = w.status is not Status.ACTUAL and w.msg_type is not MsgType.CANCEL
+        if not areas and not whole_coverage_test:
             raise ProtocolError(
                 f"no 12-digit area code among the warning's {list(w.area_codes)} "
                 f"or the target's {d.area_code!r}"
@@ -266,7 +270,7 @@ class SerialTransmitterAdapter:
             flags |= Flags.TEST  # Test, and a Draft that reached a device: never the real thing
         if w.msg_type is MsgType.UPDATE:
             flags |= Flags.UPDATE
-        detail: dict[str, Any] = {"areas": list(areas[:20])}
+        detail: dict[str, Any] = {"areas": list(areas[:20]) or "all it serves"}
         common: dict[str, Any] = {
             "warning_id": w.id,
             "delivery_id": max(0, d.delivery_id),
