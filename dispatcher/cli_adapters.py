@@ -8,12 +8,16 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import structlog
 
 from dispatcher.adapter import (
     Accepted,
@@ -36,6 +40,31 @@ from dispatcher.engine.message_text import render_text
 POLL_INTERVAL = 1.0
 #: How long one probe may take before it is reported as not answering.
 PROBE_TIMEOUT = 30.0
+VERBOSE_HELP = "also show the adapter's info log lines (port opened, device set up…) on stderr"
+
+
+@contextlib.contextmanager
+def installer_logging(*, verbose: bool) -> Iterator[None]:
+    """While `probe` or `test` runs: the adapters' log lines on stderr, warnings and errors
+    only unless ``verbose`` (their info lines are for the daemon's journal, and stdout is the
+    command's results); the configuration before it is restored afterwards."""
+    saved = structlog.get_config()
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.INFO if verbose else logging.WARNING
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
 
 
 def add_parser(sub: Any) -> None:
@@ -52,6 +81,7 @@ def add_parser(sub: Any) -> None:
     )
     probe.add_argument("names", nargs="*", help="instances to probe (default: all)")
     probe.add_argument("--json", action="store_true")
+    probe.add_argument("--verbose", "-v", action="store_true", help=VERBOSE_HELP)
     probe.set_defaults(handler=_cmd_probe)
     test = adapters_sub.add_parser(
         "test",
@@ -68,6 +98,7 @@ def add_parser(sub: Any) -> None:
     test.add_argument("--channel", help="the channel, when the instance serves several")
     test.add_argument("--text", default="这是一条设备测试广播，不是真实预警。")
     test.add_argument("--wait", default="30s", help="how long to wait for reports (e.g. 30s)")
+    test.add_argument("--verbose", "-v", action="store_true", help=VERBOSE_HELP)
     test.set_defaults(handler=_cmd_test)
 
 
@@ -120,7 +151,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     if unknown:
         print(f"no adapter instance named {', '.join(unknown)} in {config.path}", file=sys.stderr)
         return 2
-    results = [(spec, asyncio.run(_probe(spec))) for spec in specs]
+    with installer_logging(verbose=args.verbose):
+        results = [(spec, asyncio.run(_probe(spec))) for spec in specs]
     if args.json:
         print(
             json.dumps(
@@ -316,4 +348,5 @@ def _cmd_test(args: argparse.Namespace) -> int:
     if isinstance(dispatch, str):
         print(dispatch, file=sys.stderr)
         return 2
-    return asyncio.run(_run_test(spec, dispatch, wait))
+    with installer_logging(verbose=args.verbose):
+        return asyncio.run(_run_test(spec, dispatch, wait))

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import time
@@ -106,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     link = args.link or f"/tmp/tocsin-{args.profile}"  # noqa: S108 — a well-known demo path
+    if os.path.lexists(link) and not os.path.islink(link):
+        # The link is replaced at every plug: never replace a real device or a file with it.
+        print(
+            f"tocsin simulate modem: {link} exists and is not a link (a real port? a file?); "
+            "choose another --link",
+            file=sys.stderr,
+        )
+        return 2
     try:
         device = module.build(args, link=link)
     except ValueError as exc:
@@ -139,7 +148,7 @@ async def _run(device: PtyDevice, module: ModuleType, args: argparse.Namespace) 
             print(
                 f"{device.description} ({args.profile}) on {device.pty_path}, linked from "
                 f"{device.path}",
-                module.settings_hint(device.path),
+                module.settings_hint(device.path).rstrip("\n"),
                 "kill -USR1 this process to unplug and replug it; Ctrl-C stops",
                 sep="\n",
                 flush=True,
