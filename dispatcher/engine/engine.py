@@ -245,6 +245,10 @@ class Engine:
         """Claim and hand out one round of work; return how long to wait before the next
         (0: go again at once)."""
         now = self._clock()
+        for h in hosts:
+            # Kept current here, not only after a batch: an unplugged modem sends no batches.
+            self._metrics.ready.labels(h.name).set(int(h.ready and h.not_ready_reason() is None))
+            self._metrics.paused.labels(h.name).set(int(h.paused))
         capacities = {h.name: h.capacity() for h in hosts}
         total = min(sum(capacities.values()), self._config.batch_size)
         if total == 0:
@@ -538,7 +542,15 @@ class _EngineMetrics:
         )
         self.paused = Gauge(
             "tocsin_adapter_paused",
-            "1 while the adapter's circuit breaker is open.",
+            "1 while the adapter is given no work: its circuit breaker is open, its start "
+            "failed, or its connection (a serial port) is down.",
+            ["adapter"],
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "tocsin_adapter_ready",
+            "1 while the adapter is started and its connection is up (0: starting, not ready, "
+            "or a serial port being reopened).",
             ["adapter"],
             registry=registry,
         )

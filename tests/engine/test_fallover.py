@@ -83,6 +83,10 @@ async def test_a_connection_lost_after_the_start_hands_the_adapter_nothing(
     status = next(s for s in t.engine.adapter_status() if s["name"] == "sms")
     assert status["state"] == "not_ready"
     assert status["reason"] == "/dev/ttyUSB0: device disconnected, reopening"
+    # An operator's alert sees it although no batch was sent.
+    assert t.registry.get_sample_value("tocsin_adapter_ready", {"adapter": "sms"}) == 0
+    assert t.registry.get_sample_value("tocsin_adapter_paused", {"adapter": "sms"}) == 1
+    assert t.registry.get_sample_value("tocsin_adapter_ready", {"adapter": "voice"}) == 1
     sms = t.delivery(w.id, "p01", "sms")
     assert sms.state == "failed"
     assert any("every sms adapter is paused" in e.reason for e in t.events(sms.id))
@@ -96,3 +100,4 @@ async def test_a_connection_lost_after_the_start_hands_the_adapter_nothing(
     status = next(s for s in t.engine.adapter_status() if s["name"] == "sms")
     assert status["state"] == "ready"
     assert "reason" not in status
+    assert t.registry.get_sample_value("tocsin_adapter_ready", {"adapter": "sms"}) == 1
