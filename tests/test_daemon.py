@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -30,17 +31,43 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _config(tmp_path: Path, port: int) -> Path:
-    shutil.copy(ROOT / "config" / "policy.toml", tmp_path / "policy.toml")
-    text = (ROOT / "config" / "demo.toml").read_text(encoding="utf-8")
-    text = text.replace("port = 8080", f"port = {port}")
-    text = text.replace('path = "../var/demo.db"', 'path = "tocsin.db"')
-    text = text.replace("towns_per_county = 4", "towns_per_county = 2")
-    text = text.replace("villages_per_town = 6", "villages_per_town = 3")
-    text = text.replace("households_per_grid = 25", "households_per_grid = 5")
+def _demo_config(
+    tmp_path: Path,
+    demo: str,
+    *,
+    port: int,
+    towns: int,
+    villages: int,
+    grids: int = 4,
+    households: int,
+    replacements: Sequence[tuple[str, str]] = (),
+    files: Sequence[str] = ("policy.toml",),
+) -> Path:
+    """config/<demo>.toml as tmp_path/tocsin.toml, with the ``files`` it names copied beside
+    it: HTTP on ``port``, the store in tocsin.db there, the synthetic county shrunk to the
+    given towns per county, villages per town, grids per village and households per grid,
+    then the test's own ``replacements``. Each text replaced must be in the demo config."""
+    for name in files:
+        shutil.copy(ROOT / "config" / name, tmp_path / name)
+    text = (ROOT / "config" / f"{demo}.toml").read_text(encoding="utf-8")
+    for old, new in (
+        ("port = 8080", f"port = {port}"),
+        (f'path = "../var/{demo}.db"', 'path = "tocsin.db"'),
+        ("towns_per_county = 4", f"towns_per_county = {towns}"),
+        ("villages_per_town = 6", f"villages_per_town = {villages}"),
+        ("grids_per_village = 4", f"grids_per_village = {grids}"),
+        ("households_per_grid = 25", f"households_per_grid = {households}"),
+        *replacements,
+    ):
+        assert old in text, old
+        text = text.replace(old, new)
     path = tmp_path / "tocsin.toml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def _config(tmp_path: Path, port: int) -> Path:
+    return _demo_config(tmp_path, "demo", port=port, towns=2, villages=3, households=5)
 
 
 class Daemon:

@@ -9,11 +9,10 @@ daemon starts is waited for."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sqlite3
 from pathlib import Path
 
-from test_daemon import DUTY, OPERATOR, ROOT, Daemon, _call, _free_port
+from test_daemon import DUTY, OPERATOR, Daemon, _call, _demo_config, _free_port
 from waiting import wait_until
 
 from adapters.gsm_modem.simulator import GsmModemSimulator
@@ -24,24 +23,20 @@ PHONES = ("+8617400000001", "+8617400000002")
 
 
 def _config(tmp_path: Path, port: int) -> Path:
-    shutil.copy(ROOT / "config" / "policy.toml", tmp_path / "policy.toml")
-    text = (ROOT / "config" / "demo-serial.toml").read_text(encoding="utf-8")
-    for old, new in (
-        ("port = 8080", f"port = {port}"),
-        ('path = "../var/demo-serial.db"', 'path = "tocsin.db"'),
-        ('port = "/tmp/tocsin-gsm"', f'port = "{tmp_path / "gsm"}"'),
-        ('port = "/tmp/tocsin-transmitter"', f'port = "{tmp_path / "tx"}"'),
-        ("towns_per_county = 4", "towns_per_county = 2"),
-        ("villages_per_town = 6", "villages_per_town = 2"),
-        ("grids_per_village = 4", "grids_per_village = 2"),
-        ("households_per_grid = 25", "households_per_grid = 3"),
-        ('transmitters = ["1", "2", "3", "4"]', 'transmitters = ["1", "2"]'),
-    ):
-        assert old in text, old
-        text = text.replace(old, new)
-    path = tmp_path / "tocsin.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
+    return _demo_config(
+        tmp_path,
+        "demo-serial",
+        port=port,
+        towns=2,
+        villages=2,
+        grids=2,
+        households=3,
+        replacements=(
+            ('port = "/tmp/tocsin-gsm"', f'port = "{tmp_path / "gsm"}"'),
+            ('port = "/tmp/tocsin-transmitter"', f'port = "{tmp_path / "tx"}"'),
+            ('transmitters = ["1", "2", "3", "4"]', 'transmitters = ["1", "2"]'),
+        ),
+    )
 
 
 def _device_states(db: Path, warning_id: str) -> dict[tuple[str, str], int]:

@@ -6,12 +6,11 @@ status callbacks and replies reach the daemon's /hooks/ endpoints and confirm pe
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sqlite3
 import time
 from pathlib import Path
 
-from test_daemon import DUTY, ROOT, Daemon, _call, _free_port
+from test_daemon import DUTY, ROOT, Daemon, _call, _demo_config, _free_port
 
 from adapters.twilio.fake_script import FakeScript
 from adapters.twilio.fake_server import FakeTwilio
@@ -20,20 +19,20 @@ DEMO_SID = "ACdededededededededededededededede"
 
 
 def _config(tmp_path: Path, port: int, fake_port: int) -> Path:
-    for name in ("policy.toml", "demo-twilio-token"):
-        shutil.copy(ROOT / "config" / name, tmp_path / name)
-    text = (ROOT / "config" / "demo-twilio.toml").read_text(encoding="utf-8")
-    assert "8080" in text
-    assert "8765" in text
-    text = text.replace("8080", str(port)).replace("8765", str(fake_port))
-    text = text.replace('path = "../var/demo-twilio.db"', 'path = "tocsin.db"')
-    text = text.replace("towns_per_county = 4", "towns_per_county = 1")
-    text = text.replace("villages_per_town = 6", "villages_per_town = 2")
-    text = text.replace("grids_per_village = 4", "grids_per_village = 2")
-    text = text.replace("households_per_grid = 25", "households_per_grid = 4")
-    path = tmp_path / "tocsin.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
+    return _demo_config(
+        tmp_path,
+        "demo-twilio",
+        port=port,
+        towns=1,
+        villages=2,
+        grids=2,
+        households=4,
+        replacements=(
+            ("http://127.0.0.1:8080", f"http://127.0.0.1:{port}"),  # the webhooks' public_url
+            ("http://127.0.0.1:8765", f"http://127.0.0.1:{fake_port}"),  # the fake's API
+        ),
+        files=("policy.toml", "demo-twilio-token"),
+    )
 
 
 def _states(db: Path, warning_id: str) -> dict[tuple[str, str], int]:

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dispatches import make_dispatch, make_warning
+from recording import RecordingContext
+from waiting import wait_until
 
 from adapters.beidou_rdss import simulator
 from adapters.beidou_rdss.adapter import BeidouRdssAdapter
@@ -25,38 +28,20 @@ from adapters.serial_link.simulator import parser_for
 from dispatcher.adapter import (
     Accepted,
     AdapterNotReady,
-    DeviceStatus,
     Dispatch,
     Failed,
     Outcome,
     PacesItself,
-    Report,
     ReportsReadiness,
     ReportState,
     Retry,
     WarningContent,
 )
-from dispatcher.domain import Audience, Channel, Level, MsgType, Status
+from dispatcher.domain import Audience, Channel, MsgType, Status
 from dispatcher.engine.message_text import render_text
 
 TOWN = "141814"  # a town terminal's user id, as the directory writes it
 VILLAGE = "0205117"
-
-
-class Recorder:
-    """The engine's side: collects reports and device statuses."""
-
-    adapter_name = "bd"
-
-    def __init__(self) -> None:
-        self.reports: list[Report] = []
-        self.statuses: list[DeviceStatus] = []
-
-    def report(self, report: Report) -> None:
-        self.reports.append(report)
-
-    def device_status(self, status: DeviceStatus) -> None:
-        self.statuses.append(status)
 
 
 def _warning(
@@ -65,19 +50,14 @@ def _warning(
     headline: str = "某县气象台发布暴雨红色预警",
     wid: str = "W-1",
 ) -> WarningContent:
-    now = datetime.now(UTC)
-    return WarningContent(
-        id=wid,
+    return make_warning(
+        wid=wid,
         status=status,
-        msg_type=MsgType.ALERT,
-        level=Level.RED,
-        event="暴雨",
         headline=headline,
         description="预计未来3小时将出现特大暴雨，山洪、泥石流风险极高",
         instruction="请立即转移到安全地带",
         area_codes=("110101001",),
-        sent=now,
-        expires=now + timedelta(hours=3),
+        lasting=timedelta(hours=3),
     )
 
 
@@ -85,24 +65,15 @@ def _dispatch(
     address: str = TOWN, delivery_id: int = 1, warning: WarningContent | None = None
 ) -> Dispatch:
     w = warning or _warning()
-    return Dispatch(
-        delivery_id=delivery_id,
-        warning=w,
+    return make_dispatch(
         channel=Channel.MODEM,
-        audience=Audience.DEVICE,
-        target_id=f"dev-{address}",
+        delivery_id=delivery_id,
         address=address,
+        target_id=f"dev-{address}",
         area_code="110101001",
-        attempt=1,
+        warning=w,
         text=render_text(w, audience=Audience.DEVICE.value, channel=Channel.MODEM.value),
     )
-
-
-async def _until(condition: Callable[[], bool], within: float = 3.0) -> None:
-    """Poll a condition on the adapter's or simulator's state (no event to wait on)."""
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -142,9 +113,11 @@ async def make(link: Path) -> AsyncIterator[AdapterFactory]:
         await adapter.stop()
 
 
-async def _started(make: AdapterFactory, **settings: Any) -> tuple[BeidouRdssAdapter, Recorder]:
+async def _started(
+    make: AdapterFactory, **settings: Any
+) -> tuple[BeidouRdssAdapter, RecordingContext]:
     adapter = make(**settings)
-    context = Recorder()
+    context = RecordingContext(name="bd")
     async with asyncio.timeout(5):
         await adapter.start(context)
     return adapter, context
@@ -351,7 +324,7 @@ async def test_a_reply_acknowledges_the_delivery_sent_to_that_terminal(
     [outcome] = await _send(adapter, d)
     assert isinstance(outcome, Accepted)
     terminal.receive_message(TOWN, reply, encoding=encoding)
-    await _until(lambda: bool(context.reports))
+    await wait_until(lambda: bool(context.reports), within=3, what="a report")
     [report] = context.reports
     assert report.state is ReportState.ACKNOWLEDGED
     assert report.delivery_id == 42
@@ -369,13 +342,13 @@ async def test_replies_that_confirm_nothing_are_not_reported(
     await _send(adapter, _dispatch(TOWN, 1))
     terminal.receive_message(VILLAGE, "1")  # never sent to
     terminal.receive_message(TOWN, "雨很大，路断了")  # not a confirmation
-    await _until(lambda: adapter.counters["replies"] == 2)
+    await wait_until(lambda: adapter.counters["replies"] == 2, within=3, what="two replies")
     assert context.reports == []
     assert adapter.counters["unmatched_replies"] == 1
     # The newest delivery is still open: a later "1" confirms it, once.
     terminal.receive_message(TOWN, "1")
     terminal.receive_message(TOWN, "1")
-    await _until(lambda: adapter.counters["replies"] == 4)
+    await wait_until(lambda: adapter.counters["replies"] == 4, within=3, what="four replies")
     assert [r.delivery_id for r in context.reports] == [1]
 
 
@@ -386,7 +359,7 @@ async def test_a_reply_confirms_the_newest_message_to_that_terminal(
     await _send(adapter, _dispatch(TOWN, 1, _warning(wid="W-old")))
     await _send(adapter, _dispatch(TOWN, 2, _warning(wid="W-new")))
     terminal.receive_message(TOWN, "收到")
-    await _until(lambda: bool(context.reports))
+    await wait_until(lambda: bool(context.reports), within=3, what="a report")
     assert (context.reports[0].delivery_id, context.reports[0].warning_id) == (2, "W-new")
 
 
@@ -447,7 +420,9 @@ async def test_a_corrupted_feedback_is_not_taken_for_an_answer(
     adapter, _ = await _started(make)
     terminal.silent = True
     task = asyncio.create_task(adapter.send([_dispatch()]))
-    await _until(lambda: len(terminal.requests) == 1)
+    await wait_until(
+        lambda: len(terminal.requests) == 1, within=3, what="a request to the terminal"
+    )
     terminal.silent = False
     terminal.reply(b"$BDFKI,TXA,Y,Y,0,0000*00\r\n")  # wrong checksum
     terminal.reply(b"\xff\xfe$BDFKI,TXA\r\n")
@@ -483,7 +458,7 @@ async def test_a_silent_terminal_is_not_ready_at_start(
     adapter = make(open_timeout=1.0)
     with pytest.raises(AdapterNotReady, match=str(terminal.path)):
         async with asyncio.timeout(5):
-            await adapter.start(Recorder())
+            await adapter.start(RecordingContext(name="bd"))
 
 
 async def test_a_terminal_without_a_card_is_not_ready(
@@ -493,7 +468,7 @@ async def test_a_terminal_without_a_card_is_not_ready(
     adapter = make(open_timeout=1.0)
     with pytest.raises(AdapterNotReady, match="no user card"):
         async with asyncio.timeout(5):
-            await adapter.start(Recorder())
+            await adapter.start(RecordingContext(name="bd"))
 
 
 async def test_a_missing_port_is_named_with_its_cause(tmp_path: Path) -> None:
@@ -502,7 +477,7 @@ async def test_a_missing_port_is_named_with_its_cause(tmp_path: Path) -> None:
     )
     with pytest.raises(AdapterNotReady, match="nothing: no such port"):
         async with asyncio.timeout(5):
-            await adapter.start(Recorder())
+            await adapter.start(RecordingContext(name="bd"))
     probe = await adapter.probe()
     assert not probe.ok
     assert "no such port" in probe.summary
@@ -515,7 +490,9 @@ async def test_unplug_mid_send_answers_retry_then_recovers_after_replug(
     adapter, _ = await _started(make, command_timeout=5.0)
     terminal.latency = 1.0  # the feedback is still on its way when the cable comes out
     task = asyncio.create_task(adapter.send([_dispatch(TOWN, 1), _dispatch(VILLAGE, 2)]))
-    await _until(lambda: len(terminal.requests) == 1)
+    await wait_until(
+        lambda: len(terminal.requests) == 1, within=3, what="a request to the terminal"
+    )
     started = time.monotonic()
     terminal.unplug()
     async with asyncio.timeout(3):
@@ -523,7 +500,9 @@ async def test_unplug_mid_send_answers_retry_then_recovers_after_replug(
     assert time.monotonic() - started < 1.5  # told at once, not at the 5 s timeout
     assert [type(o) for o in outcomes] == [Retry, Retry]
     assert "port went away" in outcomes[0].reason  # type: ignore[union-attr]
-    await _until(lambda: adapter.not_ready_reason() is not None)
+    await wait_until(
+        lambda: adapter.not_ready_reason() is not None, within=3, what="the adapter not ready"
+    )
     assert str(terminal.path) in (adapter.not_ready_reason() or "")
     assert adapter.room() == 0
     # While unplugged: Retry at once.
@@ -531,7 +510,9 @@ async def test_unplug_mid_send_answers_retry_then_recovers_after_replug(
     assert isinstance(meanwhile, Retry)
     terminal.latency = 0.0
     terminal.replug()
-    await _until(lambda: adapter.not_ready_reason() is None, within=5)
+    await wait_until(
+        lambda: adapter.not_ready_reason() is None, within=5, what="the adapter ready again"
+    )
     [after] = await _send(adapter, _dispatch(TOWN, 4))
     assert isinstance(after, Accepted)
     assert terminal.transmitted[-1].request.destination == "0141814"
@@ -544,7 +525,9 @@ async def test_stop_returns_promptly_while_a_send_waits_for_feedback(
     adapter, _ = await _started(make, command_timeout=30.0)
     terminal.drop_feedback = True
     task = asyncio.create_task(adapter.send([_dispatch()]))
-    await _until(lambda: len(terminal.requests) == 1)
+    await wait_until(
+        lambda: len(terminal.requests) == 1, within=3, what="a request to the terminal"
+    )
     started = time.monotonic()
     async with asyncio.timeout(2):
         await adapter.stop()
@@ -584,14 +567,18 @@ async def test_probe_before_start_opens_the_port_itself(
     assert "best beam power 4/4" in probe.summary
     assert probe.details["beam_power"] == list(terminal.beam_info().powers)
     # The port is free again: the adapter starts on it.
-    await adapter.start(Recorder())
+    await adapter.start(RecordingContext(name="bd"))
 
 
 async def test_probe_after_start_uses_the_running_link_and_overrides(
     terminal: BeidouTerminal, make: AdapterFactory
 ) -> None:
     adapter, _ = await _started(make, send_interval=90, comm_level=4)
-    await _until(lambda: adapter._terminal is not None and adapter._terminal.beams is not None)
+    await wait_until(
+        lambda: adapter._terminal is not None and adapter._terminal.beams is not None,
+        within=3,
+        what="the terminal's beams",
+    )
     async with asyncio.timeout(5):
         probe = await adapter.probe()
     assert probe.ok
@@ -630,5 +617,5 @@ async def test_simulator_auto_reply_confirms_through_the_adapter(
     terminal.reply_delay = 0.05
     adapter, context = await _started(make)
     await _send(adapter, _dispatch(TOWN, 7))
-    await _until(lambda: bool(context.reports))
+    await wait_until(lambda: bool(context.reports), within=3, what="a report")
     assert context.reports[0].delivery_id == 7

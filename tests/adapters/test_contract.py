@@ -14,15 +14,17 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
 import aiomqtt
 import pytest
+from dispatches import make_dispatch, make_warning
 from mqtt_broker import running_mosquitto, write_password_file
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from recording import RecordingContext
 
 from adapters.twilio.fake_script import FakeScript
 from adapters.twilio.fake_server import FakeTwilio
@@ -31,7 +33,6 @@ from dispatcher.adapter import (
     Accepted,
     Adapter,
     AdapterFactory,
-    DeviceStatus,
     Dispatch,
     Failed,
     Outcome,
@@ -286,40 +287,18 @@ KINDS = sorted(adapter_kinds())
 # -- helpers -----------------------------------------------------------------------------------
 
 
-class RecordingContext:
-    """The engine's side of the contract: collects reports and device statuses."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self.reports: list[Report] = []
-        self.statuses: list[DeviceStatus] = []
-
-    @property
-    def adapter_name(self) -> str:
-        return self._name
-
-    def report(self, report: Report) -> None:
-        self.reports.append(report)
-
-    def device_status(self, status: DeviceStatus) -> None:
-        self.statuses.append(status)
-
-
 def _warning(msg_type: MsgType = MsgType.ALERT, wid: str = "W-CONTRACT") -> WarningContent:
     # In force now: adapters may refuse to send what has already expired.
-    sent = datetime.now(UTC).replace(microsecond=0)
-    return WarningContent(
-        id=wid,
+    return make_warning(
+        wid=wid,
         status=Status.EXERCISE,
         msg_type=msg_type,
         level=Level.ORANGE,
-        event="暴雨",
         headline="暴雨橙色预警",
         description="未来3小时降雨量将达50毫米以上。",
         instruction="请转移至安全地带。",
         area_codes=("611002101201",),
-        sent=sent,
-        expires=sent + timedelta(hours=6),
+        lasting=timedelta(hours=6),
     )
 
 
@@ -338,16 +317,15 @@ def _batch(
     for index, target in zip(range(count), itertools.cycle(usable), strict=False):
         person = target.channel in PERSON_CHANNELS
         batch.append(
-            Dispatch(
-                delivery_id=start + index,
-                warning=warnings[1 if index % 4 == 3 else 0],
+            make_dispatch(
                 channel=target.channel,
+                delivery_id=start + index,
+                address=target.address,
                 audience=(Audience.PERSON if index % 2 else Audience.GRID_MEMBER)
                 if person
                 else Audience.DEVICE,
                 target_id=f"T{index}",
-                address=target.address,
-                area_code="611002101201",
+                warning=warnings[1 if index % 4 == 3 else 0],
                 attempt=1 + index % 3,
                 text="【暴雨橙色预警】请转移至安全地带。",
             )

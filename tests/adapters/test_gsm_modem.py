@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from io import StringIO
@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dispatches import make_dispatch, make_warning
 from pydantic import ValidationError
+from recording import RecordingContext
 from smspdudecoder.fields import SMSSubmit
+from waiting import wait_until
 
 from adapters.gsm_modem.adapter import CONFIRM_TAIL, GsmModemAdapter, csq_dbm
 from adapters.gsm_modem.settings import GsmModemSettings
@@ -24,7 +27,6 @@ from adapters.sms_text.segments import count_segments
 from dispatcher.adapter import (
     Accepted,
     AdapterNotReady,
-    DeviceStatus,
     Dispatch,
     Failed,
     PacesItself,
@@ -33,7 +35,7 @@ from dispatcher.adapter import (
     Retry,
     WarningContent,
 )
-from dispatcher.domain import Audience, Channel, Level, MsgType, Status
+from dispatcher.domain import Channel
 
 PERSON = "+8613812345678"
 SATPHONE = "+8617400000001"
@@ -46,68 +48,30 @@ WARNING_TEXT = (
 )
 
 
-class Context:
-    def __init__(self) -> None:
-        self.reports: list[Report] = []
-        self.statuses: list[DeviceStatus] = []
-
-    @property
-    def adapter_name(self) -> str:
-        return "modem"
-
-    def report(self, report: Report) -> None:
-        self.reports.append(report)
-
-    def device_status(self, status: DeviceStatus) -> None:
-        self.statuses.append(status)
-
-
-async def until(predicate: Callable[[], object], within: float = 3.0) -> None:
-    """Wait for a state rather than for a fixed time."""
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 — the states are the simulator's plain fields
-            await asyncio.sleep(0.01)
-
-
 def warning(**changes: Any) -> WarningContent:
-    now = datetime.now(UTC).replace(microsecond=0)
-    base = WarningContent(
-        id="w1",
-        status=Status.ACTUAL,
-        msg_type=MsgType.ALERT,
-        level=Level.RED,
-        event="暴雨",
-        headline="商州区暴雨红色预警",
-        description="",
-        instruction="立即转移",
-        area_codes=("611002101000",),
-        sent=now,
-        expires=now + timedelta(hours=2),
-    )
-    return replace(base, **changes)
+    return make_warning(area_codes=("611002101000",), **changes)
 
 
 def to_person(delivery_id: int, address: str = PERSON, text: str = WARNING_TEXT) -> Dispatch:
-    return Dispatch(
-        delivery_id=delivery_id,
-        warning=warning(),
+    return make_dispatch(
         channel=Channel.SMS,
-        audience=Audience.PERSON,
-        target_id=f"P{delivery_id}",
+        delivery_id=delivery_id,
         address=address,
-        area_code="611002101201",
-        attempt=1,
+        target_id=f"P{delivery_id}",
+        warning=warning(),
         text=text,
     )
 
 
 def to_satphone(delivery_id: int, address: str = SATPHONE) -> Dispatch:
-    return replace(
-        to_person(delivery_id, address),
+    return make_dispatch(
         channel=Channel.MODEM,
-        audience=Audience.DEVICE,
+        delivery_id=delivery_id,
+        address=address,
         target_id="MDM-1",
         area_code="611002101000",
+        warning=warning(),
+        text=WARNING_TEXT,
     )
 
 
@@ -135,9 +99,9 @@ async def modem(tmp_path: Path) -> AsyncIterator[GsmModemSimulator]:
 @pytest.fixture
 async def started(
     modem: GsmModemSimulator,
-) -> AsyncIterator[tuple[GsmModemAdapter, Context]]:
+) -> AsyncIterator[tuple[GsmModemAdapter, RecordingContext]]:
     adapter = GsmModemAdapter(name="modem", settings=settings_for(modem.path))
-    context = Context()
+    context = RecordingContext(name="modem")
     async with asyncio.timeout(5):
         await adapter.start(context)
     yield adapter, context
@@ -145,13 +109,13 @@ async def started(
         await adapter.stop()
 
 
-def reports_of(context: Context, state: ReportState) -> list[Report]:
+def reports_of(context: RecordingContext, state: ReportState) -> list[Report]:
     return [r for r in context.reports if r.state is state]
 
 
 # -- set-up ---------------------------------------------------------------------------------------
 async def test_start_sets_the_modem_up_for_pdu_mode_and_direct_reports(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     assert modem.commands[:4] == ["ATE0", "AT+CMEE=1", "AT+CPIN?", "AT+CMGF=0"]
     assert "AT+CNMI=2,2,0,1,0" in modem.commands
@@ -162,7 +126,7 @@ async def test_start_on_a_missing_port_names_the_port(tmp_path: Path) -> None:
     adapter = GsmModemAdapter(name="modem", settings=settings_for(str(tmp_path / "nothing")))
     async with asyncio.timeout(5):
         with pytest.raises(AdapterNotReady, match="nothing: no such port"):
-            await adapter.start(Context())
+            await adapter.start(RecordingContext(name="modem"))
         await adapter.stop()
 
 
@@ -171,7 +135,7 @@ async def test_a_silent_modem_is_not_ready(modem: GsmModemSimulator) -> None:
     adapter = GsmModemAdapter(name="modem", settings=settings_for(modem.path, open_timeout=1.5))
     async with asyncio.timeout(5):
         with pytest.raises(AdapterNotReady, match="ttyGSM"):
-            await adapter.start(Context())
+            await adapter.start(RecordingContext(name="modem"))
         await adapter.stop()
 
 
@@ -180,20 +144,20 @@ async def test_the_sim_pin_is_entered_and_a_wrong_one_only_once(tmp_path: Path) 
         async with asyncio.timeout(10):
             without = GsmModemAdapter(name="modem", settings=settings_for(modem.path))
             with pytest.raises(AdapterNotReady, match="sim_pin"):
-                await without.start(Context())
+                await without.start(RecordingContext(name="modem"))
             await without.stop()
 
             wrong = GsmModemAdapter(
                 name="modem", settings=settings_for(modem.path, sim_pin="1111", open_timeout=2)
             )
             with pytest.raises(AdapterNotReady, match="refused sim_pin"):
-                await wrong.start(Context())
+                await wrong.start(RecordingContext(name="modem"))
             await wrong.stop()
             # One attempt used of three: a wrong setting never blocks the SIM.
             assert sum(c.startswith("AT+CPIN=") for c in modem.commands) == 1
 
             right = GsmModemAdapter(name="modem", settings=settings_for(modem.path, sim_pin="4321"))
-            await right.start(Context())
+            await right.start(RecordingContext(name="modem"))
             assert modem.pin_entered
             [outcome] = await right.send([to_person(1, text="测试")])
             assert isinstance(outcome, Accepted)
@@ -211,7 +175,7 @@ def test_settings_refuse_a_bad_pin_and_cnmi() -> None:
 
 # -- sending --------------------------------------------------------------------------------------
 async def test_a_chinese_warning_goes_out_as_ucs2_parts_and_is_delivered(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     adapter, context = started
     async with asyncio.timeout(5):
@@ -239,7 +203,9 @@ async def test_a_chinese_warning_goes_out_as_ucs2_parts_and_is_delivered(
         references.add(element["data"]["reference"])
     assert len(references) == 1
 
-    await until(lambda: reports_of(context, ReportState.DELIVERED))
+    await wait_until(
+        lambda: reports_of(context, ReportState.DELIVERED), within=3, what="a delivered report"
+    )
     [delivered] = context.reports
     assert delivered.delivery_id == 7
     assert delivered.from_address == PERSON
@@ -251,7 +217,7 @@ async def test_a_long_text_is_shortened_keeping_the_confirmation_request(
 ) -> None:
     adapter = GsmModemAdapter(name="modem", settings=settings_for(modem.path, max_parts=2))
     async with asyncio.timeout(5):
-        await adapter.start(Context())
+        await adapter.start(RecordingContext(name="modem"))
         [outcome] = await adapter.send([to_person(1, text=WARNING_TEXT * 4)])
         await adapter.stop()
     assert isinstance(outcome, Accepted)
@@ -261,7 +227,7 @@ async def test_a_long_text_is_shortened_keeping_the_confirmation_request(
 
 
 async def test_message_references_wrap_and_reports_match_by_reference_and_number(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     adapter, context = started
     modem._next_mr = 255  # the next references are 255, then 0
@@ -275,7 +241,7 @@ async def test_message_references_wrap_and_reports_match_by_reference_and_number
         second = await adapter.send([to_satphone(2)])
     assert first[0].detail["mr"] == [255, 0]  # type: ignore[union-attr]
     assert second[0].detail["mr"][0] == 0  # type: ignore[union-attr]
-    await until(lambda: len(context.reports) >= 2)
+    await wait_until(lambda: len(context.reports) >= 2, within=3, what="two reports")
     await asyncio.sleep(0.1)
     by_delivery = {r.delivery_id: r.state for r in context.reports}
     assert by_delivery == {1: ReportState.DELIVERED, 2: ReportState.FAILED}
@@ -290,7 +256,7 @@ async def test_message_references_wrap_and_reports_match_by_reference_and_number
     ],
 )
 async def test_status_reports_deliver_or_fail(
-    started: tuple[GsmModemAdapter, Context],
+    started: tuple[GsmModemAdapter, RecordingContext],
     modem: GsmModemSimulator,
     statuses: list[int],
     state: ReportState,
@@ -301,7 +267,7 @@ async def test_status_reports_deliver_or_fail(
     async with asyncio.timeout(5):
         [outcome] = await adapter.send([to_person(3, text="测试")])
     assert isinstance(outcome, Accepted)
-    await until(lambda: context.reports)
+    await wait_until(lambda: context.reports, within=3, what="a report")
     await asyncio.sleep(0.1 * len(statuses))  # a later report for the same part is ignored
     [report] = context.reports
     assert (report.state, report.delivery_id, report.retryable) == (state, 3, retryable)
@@ -311,13 +277,13 @@ async def test_status_reports_deliver_or_fail(
 
 
 async def test_one_failed_part_fails_the_message_once(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     adapter, context = started
     modem.statuses[PERSON] = [0x46]  # every part: validity period expired
     async with asyncio.timeout(5):
         await adapter.send([to_person(4)])
-    await until(lambda: context.reports)
+    await wait_until(lambda: context.reports, within=3, what="a report")
     await asyncio.sleep(0.2)
     [report] = context.reports
     assert report.state is ReportState.FAILED
@@ -327,7 +293,7 @@ async def test_one_failed_part_fails_the_message_once(
 
 
 async def test_an_invalid_number_and_an_expired_warning_fail(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     adapter, _ = started
     expired = replace(
@@ -343,7 +309,7 @@ async def test_an_invalid_number_and_an_expired_warning_fail(
 
 
 async def test_a_national_number_is_read_in_the_default_region(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     adapter, _ = started
     async with asyncio.timeout(5):
@@ -363,7 +329,7 @@ async def test_paces_itself_at_the_configured_rate(modem: GsmModemSimulator) -> 
 
 # -- replies --------------------------------------------------------------------------------------
 async def test_a_satphone_reply_acknowledges_its_delivery(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     adapter, context = started
     modem.no_reports.add(SATPHONE)
@@ -371,7 +337,7 @@ async def test_a_satphone_reply_acknowledges_its_delivery(
         [outcome] = await adapter.send([to_satphone(11)])
     assert isinstance(outcome, Accepted)
     modem.receive_sms(SATPHONE, "收到！")
-    await until(lambda: context.reports)
+    await wait_until(lambda: context.reports, within=3, what="a report")
     [ack] = context.reports
     assert ack.state is ReportState.ACKNOWLEDGED
     # A device is matched only by delivery id (never by from_address alone).
@@ -381,13 +347,13 @@ async def test_a_satphone_reply_acknowledges_its_delivery(
 
 
 async def test_a_persons_reply_acknowledges_even_without_a_remembered_send(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     _, context = started
     modem.receive_sms("+8613912345678", "１")  # full-width one
     modem.receive_sms("+8613912345678", "什么意思？")  # not a confirmation
     modem.receive_sms("+8613912345678", "y")
-    await until(lambda: len(context.reports) >= 2)
+    await wait_until(lambda: len(context.reports) >= 2, within=3, what="two reports")
     await asyncio.sleep(0.1)
     assert [(r.state, r.delivery_id, r.from_address) for r in context.reports] == [
         (ReportState.ACKNOWLEDGED, None, "+8613912345678"),
@@ -396,12 +362,12 @@ async def test_a_persons_reply_acknowledges_even_without_a_remembered_send(
 
 
 async def test_a_long_reply_in_parts_is_put_together(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     adapter, context = started
     modem.receive_sms("+8613912345678", "收到" * 40)  # two parts, not a confirmation
     modem.receive_sms("+8613912345678", "收到")
-    await until(lambda: context.reports)
+    await wait_until(lambda: context.reports, within=3, what="a report")
     assert adapter.counters.replies == 2
     assert len(context.reports) == 1
 
@@ -410,16 +376,16 @@ async def test_stored_replies_are_read_and_deleted_when_the_modem_only_stores(
     modem: GsmModemSimulator,
 ) -> None:
     adapter = GsmModemAdapter(name="modem", settings=settings_for(modem.path, cnmi="2,1,0,2,0"))
-    context = Context()
+    context = RecordingContext(name="modem")
     async with asyncio.timeout(5):
         await adapter.start(context)
         [outcome] = await adapter.send([to_satphone(5)])
         assert isinstance(outcome, Accepted)
         # The status report is stored (+CDSI), the reply too (+CMTI): both read with AT+CMGR.
-        await until(lambda: context.reports)
+        await wait_until(lambda: context.reports, within=3, what="a report")
         modem.receive_sms(SATPHONE, "1")
-        await until(lambda: len(context.reports) >= 2)
-        await until(lambda: not modem.storage)
+        await wait_until(lambda: len(context.reports) >= 2, within=3, what="two reports")
+        await wait_until(lambda: not modem.storage, within=3, what="the modem's storage emptied")
         await adapter.stop()
     assert [(r.state, r.delivery_id) for r in context.reports] == [
         (ReportState.DELIVERED, 5),
@@ -430,19 +396,19 @@ async def test_stored_replies_are_read_and_deleted_when_the_modem_only_stores(
 
 
 async def test_a_malformed_pdu_is_dropped_and_the_reader_goes_on(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     adapter, context = started
     modem.unsolicited("+CMT: ,30", "0891683108200505F0040D9168311735")
     modem.unsolicited("+CDS: 25", "ZZ")
     modem.receive_sms("+8613912345678", "1")
-    await until(lambda: context.reports)
+    await wait_until(lambda: context.reports, within=3, what="a report")
     assert adapter.counters.malformed == 2
 
 
 # -- errors from the modem -------------------------------------------------------------------------
 async def test_cms_errors_retry_or_fail(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     adapter, _ = started
     modem.cms_errors.extend([42, 1, 515])
@@ -461,7 +427,7 @@ async def test_cms_errors_retry_or_fail(
 
 
 async def test_an_smsc_problem_fails_the_batch_without_more_attempts(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     adapter, _ = started
     modem.smsc = None
@@ -473,7 +439,7 @@ async def test_an_smsc_problem_fails_the_batch_without_more_attempts(
 
 
 async def test_not_registered_is_a_retry_without_sending(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     adapter, _ = started
     modem.registered = False
@@ -488,7 +454,7 @@ async def test_not_registered_is_a_retry_without_sending(
 
 
 async def test_a_plain_error_makes_the_adapter_set_the_modem_up_again(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     adapter, _ = started
     modem.cmee = 0  # the modem forgot its settings without saying so
@@ -497,13 +463,13 @@ async def test_a_plain_error_makes_the_adapter_set_the_modem_up_again(
         [outcome] = await adapter.send([to_person(1, text="测试")])
         assert isinstance(outcome, Retry)
         assert "ERROR" in outcome.reason
-        await until(lambda: modem.cmee == 1)
+        await wait_until(lambda: modem.cmee == 1, within=3, what="the modem set up again")
         [again] = await adapter.send([to_person(1, text="测试")])
     assert isinstance(again, Accepted)
 
 
 async def test_garbage_and_silence_are_retries_and_the_modem_recovers(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     adapter, _ = started
     for fault in ("garbage", "silent"):
@@ -521,13 +487,15 @@ async def test_garbage_and_silence_are_retries_and_the_modem_recovers(
 
 # -- the port going away, the modem restarting -------------------------------------------------
 async def test_unplugged_mid_send_retries_then_recovers_and_sets_up_again(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     adapter, context = started
     modem.submit_delay = 0.3
     async with asyncio.timeout(10):
         sending = asyncio.ensure_future(adapter.send([to_person(1), to_person(2)]))
-        await until(lambda: modem.sent)  # the first part is in the modem's hands
+        await wait_until(
+            lambda: modem.sent, within=3, what="a part sent"
+        )  # the first part is in the modem's hands
         modem.unplug()
         outcomes = await sending
         assert all(isinstance(o, Retry) for o in outcomes)
@@ -541,36 +509,50 @@ async def test_unplugged_mid_send_retries_then_recovers_and_sets_up_again(
         setups = modem.commands.count("ATE0")
         modem.replug()
         modem.submit_delay = 0.0
-        await until(lambda: modem.commands.count("ATE0") > setups and modem.cnmi[1] == 2)
-        await until(lambda: adapter.not_ready_reason() is None)
+        await wait_until(
+            lambda: modem.commands.count("ATE0") > setups and modem.cnmi[1] == 2,
+            within=3,
+            what="the modem set up again",
+        )
+        await wait_until(
+            lambda: adapter.not_ready_reason() is None, within=3, what="the adapter ready"
+        )
         [outcome] = await adapter.send([to_person(4, text="测试")])
     assert isinstance(outcome, Accepted)
-    await until(lambda: any(r.delivery_id == 4 for r in context.reports))
+    await wait_until(
+        lambda: any(r.delivery_id == 4 for r in context.reports),
+        within=3,
+        what="a report for delivery 4",
+    )
 
 
 async def test_a_modem_restart_is_followed_by_a_new_set_up(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     adapter, context = started
     modem.reset()
     assert modem.cmgf == 1  # forgotten
     async with asyncio.timeout(5):
-        await until(lambda: modem.cmgf == 0 and modem.cnmi == (2, 2, 0, 1, 0))
+        await wait_until(
+            lambda: modem.cmgf == 0 and modem.cnmi == (2, 2, 0, 1, 0),
+            within=3,
+            what="the restarted modem set up again",
+        )
         [outcome] = await adapter.send([to_person(1, text="测试")])
     assert isinstance(outcome, Accepted)
-    await until(lambda: context.reports)  # +CDS routed again
+    await wait_until(lambda: context.reports, within=3, what="a report")  # +CDS routed again
     assert adapter.counters.initialisations == 2
 
 
 async def test_stop_is_prompt_while_a_command_hangs(
-    started: tuple[GsmModemAdapter, Context], modem: GsmModemSimulator
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
 ) -> None:
     adapter, _ = started
     adapter.settings = adapter.settings.model_copy(update={"submit_timeout": 30.0})
     async with asyncio.timeout(5):
         modem.submit_delay = 60  # the network never answers
         sending = asyncio.ensure_future(adapter.send([to_person(1, text="测试")]))
-        await until(lambda: modem.sent)
+        await wait_until(lambda: modem.sent, within=3, what="a part sent")
         started_at = time.monotonic()
         await adapter.stop()
         assert time.monotonic() - started_at < 1.0
@@ -598,7 +580,7 @@ async def test_probe_of_a_running_tiantong_phone_without_signal(tmp_path: Path) 
     async with GsmModemSimulator(link=tmp_path / "ttyTT", identity=TIANTONG_IDENTITY) as phone:
         adapter = GsmModemAdapter(name="modem", settings=settings_for(phone.path))
         async with asyncio.timeout(5):
-            await adapter.start(Context())
+            await adapter.start(RecordingContext(name="modem"))
             phone.registered = False
             phone.rssi = 99
             result = await adapter.probe()

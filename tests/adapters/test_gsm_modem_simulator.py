@@ -8,9 +8,11 @@ import os
 import signal
 import sys
 import tomllib
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
+from dispatches import make_dispatch, make_warning
+from recording import RecordingContext
 from waiting import wait_until
 
 from adapters.gsm_modem import simulator as gsm_profile
@@ -20,28 +22,23 @@ from adapters.gsm_modem.simulator import GsmModemSimulator
 from adapters.serial_link.simulator import apply_common_knobs, parser_for
 from dispatcher.adapter import (
     Accepted,
-    DeviceStatus,
-    Dispatch,
-    Report,
     ReportState,
     WarningContent,
 )
-from dispatcher.domain import Audience, Channel, Level, MsgType, Status
+from dispatcher.domain import Channel, Level, Status
 
 
-class Context:
-    def __init__(self) -> None:
-        self.reports: list[Report] = []
-
-    @property
-    def adapter_name(self) -> str:
-        return "modem"
-
-    def report(self, report: Report) -> None:
-        self.reports.append(report)
-
-    def device_status(self, status: DeviceStatus) -> None:
-        pass
+def device_test() -> WarningContent:
+    """What an installer sends to check the line: a Test, blue, in force for an hour."""
+    return make_warning(
+        status=Status.TEST,
+        level=Level.BLUE,
+        event="测试",
+        headline="测试",
+        instruction="",
+        area_codes=(),
+        lasting=timedelta(hours=1),
+    )
 
 
 def test_the_profile_knobs_build_the_simulator(tmp_path: Path) -> None:
@@ -111,40 +108,18 @@ async def test_the_simulator_process_answers_the_adapter(tmp_path: Path) -> None
             adapter = GsmModemAdapter(name="modem", settings=settings)
             probe = await adapter.probe()
             assert probe.ok, probe.summary
-            context = Context()
+            context = RecordingContext(name="modem")
             await adapter.start(context)
-            now = datetime.now(UTC)
-            warning = WarningContent(
-                id="w1",
-                status=Status.TEST,
-                msg_type=MsgType.ALERT,
-                level=Level.BLUE,
-                event="测试",
-                headline="测试",
-                description="",
-                instruction="",
-                area_codes=(),
-                sent=now,
-                expires=now + timedelta(hours=1),
+            dispatch = make_dispatch(
+                channel=Channel.SMS,
+                address="+8613812345678",
+                target_id="P1",
+                warning=device_test(),
+                text="【测试】预警系统测试。收到请回复1。",
             )
-            [outcome] = await adapter.send(
-                [
-                    Dispatch(
-                        delivery_id=1,
-                        warning=warning,
-                        channel=Channel.SMS,
-                        audience=Audience.PERSON,
-                        target_id="P1",
-                        address="+8613812345678",
-                        area_code="611002101201",
-                        attempt=1,
-                        text="【测试】预警系统测试。收到请回复1。",
-                    )
-                ]
-            )
+            [outcome] = await adapter.send([dispatch])
             assert isinstance(outcome, Accepted)
-            while not context.reports:  # noqa: ASYNC110 — a plain list the context fills
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: context.reports, within=10, what="the delivery report")
             await adapter.stop()
     finally:
         process.send_signal(signal.SIGTERM)
@@ -160,34 +135,18 @@ async def test_recipients_reply_after_delivery_at_the_reply_rate(tmp_path: Path)
     sim = gsm_profile.build(parser.parse_args(argv), link=str(tmp_path / "gsm"))
     sim.report_delay = sim.submit_delay = 0.01
     async with sim:
-        context = Context()
+        context = RecordingContext(name="modem")
         settings = GsmModemSettings(port=sim.path, command_timeout=1, open_timeout=3)
         adapter = GsmModemAdapter(name="modem", settings=settings)
         await adapter.start(context)
         try:
-            now = datetime.now(UTC)
-            warning = WarningContent(
-                id="w1",
-                status=Status.TEST,
-                msg_type=MsgType.ALERT,
-                level=Level.BLUE,
-                event="测试",
-                headline="测试",
-                description="",
-                instruction="",
-                area_codes=(),
-                sent=now,
-                expires=now + timedelta(hours=1),
-            )
-            dispatch = Dispatch(
-                delivery_id=7,
-                warning=warning,
+            dispatch = make_dispatch(
                 channel=Channel.MODEM,
-                audience=Audience.DEVICE,
-                target_id="MDM-1",
+                delivery_id=7,
                 address="+8617400000001",
+                target_id="MDM-1",
                 area_code="611002101000",
-                attempt=1,
+                warning=device_test(),
                 text="【测试】预警系统测试。收到请回复1。",
             )
             [outcome] = await adapter.send([dispatch])

@@ -9,12 +9,14 @@ import argparse
 import asyncio
 import time
 import tomllib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from dispatches import make_dispatch, make_warning
+from recording import RecordingContext
+from waiting import wait_until
 
 from adapters.iridium_sbd.adapter import IridiumSbdAdapter
 from adapters.iridium_sbd.compact import (
@@ -32,63 +34,18 @@ from adapters.serial_link.simulator import parser_for
 from dispatcher.adapter import (
     Accepted,
     AdapterNotReady,
-    DeviceStatus,
     Dispatch,
     Failed,
-    Report,
     ReportState,
     Retry,
     WarningContent,
 )
-from dispatcher.domain import Audience, Channel, Level, MsgType, Status
+from dispatcher.domain import Channel, Level, MsgType, Status
 
 TERMINAL = "300234010000001"
 OTHER_TERMINAL = "300234010000002"
 VILLAGE = "611002001001"
 TEXT = "【红色预警】商州区暴雨红色预警。立即转移。有效至07月01日18:00。" + CONFIRM_TAIL
-
-
-class Context:
-    def __init__(self) -> None:
-        self.reports: list[Report] = []
-        self.statuses: list[DeviceStatus] = []
-        self.changed = asyncio.Event()
-
-    @property
-    def adapter_name(self) -> str:
-        return "satellite"
-
-    def report(self, report: Report) -> None:
-        self.reports.append(report)
-        self.changed.set()
-
-    def device_status(self, status: DeviceStatus) -> None:
-        self.statuses.append(status)
-
-
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Wait on state, not a fixed sleep."""
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 — the state is plain attributes, no events
-            await asyncio.sleep(0.01)
-
-
-def warning(wid: str = "w1", **changes: object) -> WarningContent:
-    now = datetime.now(UTC).replace(microsecond=0)
-    base = WarningContent(
-        id=wid,
-        status=Status.ACTUAL,
-        msg_type=MsgType.ALERT,
-        level=Level.RED,
-        event="暴雨",
-        headline="商州区暴雨红色预警",
-        description="",
-        instruction="立即转移",
-        area_codes=("6110",),
-        sent=now,
-        expires=now + timedelta(hours=2),
-    )
-    return replace(base, **changes)  # type: ignore[arg-type]
 
 
 def dispatch(
@@ -98,15 +55,13 @@ def dispatch(
     w: WarningContent | None = None,
     text: str = TEXT,
 ) -> Dispatch:
-    return Dispatch(
-        delivery_id=delivery_id,
-        warning=w or warning(),
+    return make_dispatch(
         channel=Channel.MODEM,
-        audience=Audience.DEVICE,
-        target_id="t-" + address[-4:],
+        delivery_id=delivery_id,
         address=address,
+        target_id="t-" + address[-4:],
         area_code=VILLAGE,
-        attempt=1,
+        warning=w,
         text=text,
     )
 
@@ -135,9 +90,9 @@ async def device(tmp_path: Path) -> AsyncIterator[IridiumSimulator]:
 @pytest.fixture
 async def started(
     device: IridiumSimulator,
-) -> AsyncIterator[tuple[IridiumSbdAdapter, Context]]:
+) -> AsyncIterator[tuple[IridiumSbdAdapter, RecordingContext]]:
     adapter = IridiumSbdAdapter(name="satellite", settings=settings_for(device))
-    context = Context()
+    context = RecordingContext(name="satellite")
     async with asyncio.timeout(5):
         await adapter.start(context)
     yield adapter, context
@@ -153,10 +108,10 @@ async def send_one(adapter: IridiumSbdAdapter, d: Dispatch, within: float = 8.0)
 
 # -- happy path --------------------------------------------------------------------------------
 async def test_a_warning_reaches_the_gateway_as_a_compact_message(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
 ) -> None:
     adapter, _ = started
-    w = warning(references=("w0",), msg_type=MsgType.UPDATE)
+    w = make_warning(references=("w0",), msg_type=MsgType.UPDATE)
     outcome = await send_one(adapter, dispatch(w=w))
     assert isinstance(outcome, Accepted)
     assert outcome.reference == "0"  # the MOMSN of the session
@@ -184,16 +139,16 @@ async def test_a_warning_reaches_the_gateway_as_a_compact_message(
 
 
 async def test_a_test_warning_travels_as_a_test(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
 ) -> None:
     adapter, _ = started
-    outcome = await send_one(adapter, dispatch(w=warning(status=Status.TEST)))
+    outcome = await send_one(adapter, dispatch(w=make_warning(status=Status.TEST)))
     assert isinstance(outcome, Accepted)
     assert device.warnings()[0].status is Status.TEST
 
 
 async def test_sessions_run_one_at_a_time(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
 ) -> None:
     adapter, _ = started
     device.session_time = 0.1
@@ -212,7 +167,7 @@ async def test_the_pace_between_sessions_is_kept(device: IridiumSimulator) -> No
         name="satellite", settings=settings_for(device, session_interval=0.3)
     )
     assert adapter.send_rate().per_second == pytest.approx(1 / 0.3)
-    await adapter.start(Context())
+    await adapter.start(RecordingContext(name="satellite"))
     try:
         started_at = time.monotonic()
         for i in range(2):
@@ -224,12 +179,12 @@ async def test_the_pace_between_sessions_is_kept(device: IridiumSimulator) -> No
 
 # -- replies -----------------------------------------------------------------------------------
 async def test_a_reply_after_a_ring_alert_acknowledges_the_delivery(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
 ) -> None:
     adapter, context = started
     assert isinstance(await send_one(adapter, dispatch()), Accepted)
     device.queue_reply(encode_reply(delivery_id=101, ref=warning_ref("w1"), imei=TERMINAL))
-    await until(lambda: bool(context.reports))
+    await wait_until(lambda: bool(context.reports), within=5, what="a report")
     (report,) = context.reports
     assert report.state is ReportState.ACKNOWLEDGED
     assert (report.delivery_id, report.from_address, report.warning_id) == (101, TERMINAL, "w1")
@@ -242,18 +197,18 @@ async def test_a_reply_after_a_ring_alert_acknowledges_the_delivery(
 
 
 async def test_a_reply_naming_only_the_warning_is_matched_to_what_was_sent(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
 ) -> None:
     adapter, context = started
     assert isinstance(await send_one(adapter, dispatch(delivery_id=555)), Accepted)
     device.queue_reply(encode_reply(delivery_id=0, ref=warning_ref("w1"), imei=TERMINAL))
-    await until(lambda: bool(context.reports))
+    await wait_until(lambda: bool(context.reports), within=5, what="a report")
     assert context.reports[0].delivery_id == 555
     assert context.reports[0].from_address == TERMINAL
 
 
 async def test_a_reply_arriving_with_a_send_session_is_read_too(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
 ) -> None:
     adapter, context = started
     device.ring_alerts = False  # no SBDRING: only a session finds the reply
@@ -266,24 +221,24 @@ async def test_a_reply_arriving_with_a_send_session_is_read_too(
 
 
 async def test_a_ring_during_a_send_session_costs_no_extra_session(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
 ) -> None:
     adapter, context = started
     device.session_time = 0.2
     sending = asyncio.create_task(adapter.send([dispatch(101)]))
-    await until(lambda: device.in_session)
+    await wait_until(lambda: device.in_session, within=5, what="a session")
     device.queue_reply(encode_reply(delivery_id=101, ref=warning_ref("w1"), imei=TERMINAL))
     async with asyncio.timeout(5):
         (outcome,) = await sending
     assert isinstance(outcome, Accepted)
-    await until(lambda: bool(context.reports))
+    await wait_until(lambda: bool(context.reports), within=5, what="a report")
     await asyncio.sleep(0.1)  # room for a needless mailbox check to start, if one would
     assert "AT+SBDIXA" not in device.commands
     assert device.sessions == 1
 
 
 async def test_malformed_and_unconfirming_replies_are_dropped(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
 ) -> None:
     adapter, context = started
     assert isinstance(await send_one(adapter, dispatch()), Accepted)
@@ -293,26 +248,26 @@ async def test_malformed_and_unconfirming_replies_are_dropped(
     )
     # A terminal naming a warning Tocsin never sent it, without a delivery id.
     device.queue_reply(encode_reply(delivery_id=0, ref=warning_ref("w9"), imei=OTHER_TERMINAL))
-    await until(lambda: adapter.counters.replies == 3)
+    await wait_until(lambda: adapter.counters.replies == 3, within=5, what="three replies")
     assert adapter.counters.malformed == 1
     assert adapter.counters.unmatched == 1
     assert context.reports == []
 
 
 async def test_the_simulated_terminals_confirm_by_themselves(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
 ) -> None:
     adapter, context = started
     device.auto_reply = True
     assert isinstance(await send_one(adapter, dispatch(77)), Accepted)
-    await until(lambda: bool(context.reports))
+    await wait_until(lambda: bool(context.reports), within=5, what="a report")
     assert (context.reports[0].delivery_id, context.reports[0].from_address) == (77, TERMINAL)
 
 
 # -- MO failures -------------------------------------------------------------------------------
 @pytest.mark.parametrize("code", [*range(10, 20), *range(32, 39), 64, 65])
 async def test_every_mo_failure_class(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator, code: int
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator, code: int
 ) -> None:
     adapter, _ = started
     device.script_mo(code)
@@ -329,7 +284,7 @@ async def test_every_mo_failure_class(
 
 
 async def test_access_denied_fails_with_a_provisioning_hint(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
 ) -> None:
     adapter, _ = started
     device.script_mo(15)
@@ -339,7 +294,7 @@ async def test_access_denied_fails_with_a_provisioning_hint(
 
 
 async def test_no_signal_means_no_session(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
 ) -> None:
     adapter, _ = started
     device.set_signal(0)
@@ -352,16 +307,17 @@ async def test_no_signal_means_no_session(
 
 # -- what cannot be sent -----------------------------------------------------------------------
 async def test_what_can_never_be_sent_fails_without_a_session(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
 ) -> None:
     adapter, _ = started
     past = datetime.now(UTC) - timedelta(hours=1)
     outcomes = (
         await asyncio.wait_for(adapter.send([dispatch(address="+8613800000000")]), 5)
         + await asyncio.wait_for(
-            adapter.send([dispatch(w=warning(expires=past, sent=past - timedelta(hours=1)))]), 5
+            adapter.send([dispatch(w=make_warning(expires=past, sent=past - timedelta(hours=1)))]),
+            5,
         )
-        + await asyncio.wait_for(adapter.send([dispatch(w=warning(status=Status.DRAFT))]), 5)
+        + await asyncio.wait_for(adapter.send([dispatch(w=make_warning(status=Status.DRAFT))]), 5)
     )
     assert [type(o) for o in outcomes] == [Failed, Failed, Failed]
     assert "IMEI" in outcomes[0].reason  # type: ignore[union-attr]
@@ -371,7 +327,7 @@ async def test_what_can_never_be_sent_fails_without_a_session(
 
 
 async def test_a_very_long_chinese_text_fits_340_bytes(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
 ) -> None:
     adapter, _ = started
     long_text = (
@@ -391,7 +347,7 @@ async def test_rockblock_routing_prefixes_the_serial_within_340_bytes(
 ) -> None:
     settings = settings_for(device, routing="rockblock", rockblock_serials={TERMINAL: "1234"})
     adapter = IridiumSbdAdapter(name="satellite", settings=settings)
-    await adapter.start(Context())
+    await adapter.start(RecordingContext(name="satellite"))
     try:
         long_text = "暴雨" * 400
         assert isinstance(await send_one(adapter, dispatch(text=long_text)), Accepted)
@@ -408,7 +364,7 @@ async def test_rockblock_routing_prefixes_the_serial_within_340_bytes(
 # -- a transceiver misbehaving -----------------------------------------------------------------
 @pytest.mark.parametrize("fault", ["error", "garbage", "silent"])
 async def test_error_garbage_or_silence_is_retried_then_recovers(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator, fault: str
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator, fault: str
 ) -> None:
     adapter, _ = started
     if fault == "error":
@@ -427,7 +383,7 @@ async def test_error_garbage_or_silence_is_retried_then_recovers(
 
 
 async def test_a_session_that_never_ends_times_out(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
 ) -> None:
     adapter, _ = started
     device.hang_sessions = True
@@ -437,36 +393,40 @@ async def test_a_session_that_never_ends_times_out(
 
 
 async def test_unplugged_mid_session_retries_then_recovers_after_replug(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
 ) -> None:
     adapter, _ = started
     device.session_time = 1.5
     sending = asyncio.create_task(adapter.send([dispatch()]))
-    await until(lambda: device.in_session)
+    await wait_until(lambda: device.in_session, within=5, what="a session")
     device.unplug()
     async with asyncio.timeout(2):
         (outcome,) = await sending
     assert isinstance(outcome, Retry)
     assert outcome.detail["stage"] == "session"
-    await until(lambda: adapter.not_ready_reason() is not None, within=2)
+    await wait_until(
+        lambda: adapter.not_ready_reason() is not None, within=2, what="the adapter not ready"
+    )
     assert device.path in (adapter.not_ready_reason() or "")
     while_away = await send_one(adapter, dispatch(102), within=2)
     assert isinstance(while_away, Retry) and "not ready" in while_away.reason
     device.session_time = 0.02
     device.replug()
-    await until(lambda: adapter.not_ready_reason() is None, within=5)
+    await wait_until(
+        lambda: adapter.not_ready_reason() is None, within=5, what="the adapter ready again"
+    )
     assert device.commands.count("AT+SBDMTA=1") == 2  # set up again after the replug
     assert isinstance(await send_one(adapter, dispatch(103)), Accepted)
     assert [w.delivery_id for w in device.warnings()] == [103]
 
 
 async def test_a_send_abandoned_mid_session_leaves_the_line_in_step(
-    started: tuple[IridiumSbdAdapter, Context], device: IridiumSimulator
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
 ) -> None:
     adapter, _ = started
     device.session_time = 0.3
     abandoned = asyncio.create_task(adapter.send([dispatch(301)]))
-    await until(lambda: device.in_session)
+    await wait_until(lambda: device.in_session, within=5, what="a session")
     abandoned.cancel()  # what the engine does at its send_timeout
     with pytest.raises(asyncio.CancelledError):
         await abandoned
@@ -481,10 +441,10 @@ async def test_stop_is_prompt_during_a_hanging_session(device: IridiumSimulator)
     adapter = IridiumSbdAdapter(
         name="satellite", settings=settings_for(device, session_timeout=60.0)
     )
-    await adapter.start(Context())
+    await adapter.start(RecordingContext(name="satellite"))
     device.hang_sessions = True
     sending = asyncio.create_task(adapter.send([dispatch()]))
-    await until(lambda: device.in_session)
+    await wait_until(lambda: device.in_session, within=5, what="a session")
     began = time.monotonic()
     async with asyncio.timeout(2):
         await adapter.stop()
@@ -503,7 +463,7 @@ async def test_start_on_a_missing_port_names_it(tmp_path: Path) -> None:
     )
     with pytest.raises(AdapterNotReady, match="ttyUSB9: no such port"):
         async with asyncio.timeout(3):
-            await adapter.start(Context())
+            await adapter.start(RecordingContext(name="satellite"))
     assert adapter.not_ready_reason() == "not started"
     probe = await asyncio.wait_for(adapter.probe(), 3)
     assert not probe.ok and "ttyUSB9" in probe.summary
@@ -514,7 +474,7 @@ async def test_start_against_a_silent_device_is_not_ready(device: IridiumSimulat
     adapter = IridiumSbdAdapter(name="satellite", settings=settings_for(device, open_timeout=1.0))
     with pytest.raises(AdapterNotReady, match=device.path):
         async with asyncio.timeout(4):
-            await adapter.start(Context())
+            await adapter.start(RecordingContext(name="satellite"))
 
 
 async def test_probe_before_and_after_start(device: IridiumSimulator) -> None:
@@ -525,7 +485,7 @@ async def test_probe_before_and_after_start(device: IridiumSimulator) -> None:
     assert "IRIDIUM 9600 Family" in before.summary and DEFAULT_IMEI in before.summary
     assert before.details["firmware"] == "TA16005"
     assert before.details["signal_bars"] == 5
-    await adapter.start(Context())
+    await adapter.start(RecordingContext(name="satellite"))
     try:
         device.set_signal(0)
         async with asyncio.timeout(5):

@@ -7,15 +7,17 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiomqtt
 import pytest
 from deploy.test_mosquitto_config import make_certs
+from dispatches import make_dispatch, make_warning
 from mqtt_broker import Broker, free_port, running_mosquitto
 from pydantic import ValidationError
+from recording import RecordingContext
+from waiting import wait_until
 
 from adapters.mqtt_speaker.adapter import MqttSpeakerAdapter
 from adapters.mqtt_speaker.protocol import Ack, AckState, parse_alert
@@ -26,30 +28,13 @@ from dispatcher.adapter import (
     DeviceStatus,
     Dispatch,
     Failed,
-    Report,
     ReportState,
     Retry,
     WarningContent,
 )
-from dispatcher.domain import Audience, Channel, Level, MsgType, Status
+from dispatcher.domain import Channel, MsgType
 
 ROOT = "tocsin/v1"
-
-
-class Context:
-    def __init__(self) -> None:
-        self.reports: list[Report] = []
-        self.statuses: list[DeviceStatus] = []
-
-    @property
-    def adapter_name(self) -> str:
-        return "speakers"
-
-    def report(self, report: Report) -> None:
-        self.reports.append(report)
-
-    def device_status(self, status: DeviceStatus) -> None:
-        self.statuses.append(status)
 
 
 @pytest.fixture
@@ -75,32 +60,12 @@ def settings_for(broker: Broker, **changes: object) -> MqttSpeakerSettings:
 
 
 @pytest.fixture
-async def started(broker: Broker) -> AsyncIterator[tuple[MqttSpeakerAdapter, Context]]:
+async def started(broker: Broker) -> AsyncIterator[tuple[MqttSpeakerAdapter, RecordingContext]]:
     adapter = MqttSpeakerAdapter(name="speakers", settings=settings_for(broker))
-    context = Context()
+    context = RecordingContext(name="speakers")
     await adapter.start(context)
     yield adapter, context
     await adapter.stop()
-
-
-def warning(
-    wid: str = "w1", msg_type: MsgType = MsgType.ALERT, **changes: object
-) -> WarningContent:
-    now = datetime.now(UTC).replace(microsecond=0)
-    base = WarningContent(
-        id=wid,
-        status=Status.ACTUAL,
-        msg_type=msg_type,
-        level=Level.RED,
-        event="暴雨",
-        headline="商州区暴雨红色预警",
-        description="",
-        instruction="立即转移",
-        area_codes=("6110",),
-        sent=now,
-        expires=now + timedelta(hours=2),
-    )
-    return replace(base, **changes)  # type: ignore[arg-type]
 
 
 def dispatch(
@@ -111,16 +76,13 @@ def dispatch(
     attempt: int = 1,
     w: WarningContent | None = None,
 ) -> Dispatch:
-    return Dispatch(
-        delivery_id=delivery_id,
-        warning=w or warning(),
+    return make_dispatch(
         channel=Channel.SPEAKER,
-        audience=Audience.DEVICE,
-        target_id=device,
+        delivery_id=delivery_id,
         address=device,
         area_code=village,
         attempt=attempt,
-        text="【红色预警】商州区暴雨红色预警。立即转移。",
+        warning=w,
     )
 
 
@@ -162,22 +124,14 @@ async def speaker_says(broker: Broker, device: str, leaf: str, payload: bytes, *
         await client.publish(f"{ROOT}/device/{device}/{leaf}", payload, qos=1, **kw)
 
 
-async def until(predicate: object, within: float = 5.0) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 # -- publishing ----------------------------------------------------------------------------------
 
 
 async def test_one_publish_per_warning_area_with_expiry_and_qos1(
-    started: tuple[MqttSpeakerAdapter, Context], listener: Listener
+    started: tuple[MqttSpeakerAdapter, RecordingContext], listener: Listener
 ) -> None:
     adapter, _ = started
-    w = warning(area_codes=("6110", "6111"))
+    w = make_warning(area_codes=("6110", "6111"))
     batch = [
         dispatch(1, "spk-1", "V1", w=w),
         dispatch(2, "spk-2", "V1", w=w),
@@ -209,7 +163,7 @@ async def test_one_publish_per_warning_area_with_expiry_and_qos1(
     later = await asyncio.gather(
         adapter.send([dispatch(4, "spk-4", "V3", w=w)]),
         adapter.send([dispatch(5, "spk-5", "V4", w=w)]),
-        adapter.send([dispatch(6, "spk-6", "V1", w=warning("w2"))]),
+        adapter.send([dispatch(6, "spk-6", "V1", w=make_warning(wid="w2"))]),
     )
     assert [type(o) for outcomes in later for o in outcomes] == [Accepted] * 3
     await listener.wait_for(3)
@@ -219,7 +173,7 @@ async def test_one_publish_per_warning_area_with_expiry_and_qos1(
 
 
 async def test_a_failed_area_publish_is_retried_by_the_next_batch(
-    broker: Broker, started: tuple[MqttSpeakerAdapter, Context], listener: Listener
+    broker: Broker, started: tuple[MqttSpeakerAdapter, RecordingContext], listener: Listener
 ) -> None:
     adapter, _ = started
     broker.stop()
@@ -227,14 +181,18 @@ async def test_a_failed_area_publish_is_retried_by_the_next_batch(
     assert isinstance(outcome, Retry)
     assert adapter.counters.published_area == 0
     broker.start()
-    await until(lambda: adapter._publisher is not None and adapter._publisher.connected, 10)
+    await wait_until(
+        lambda: adapter._publisher is not None and adapter._publisher.connected,
+        within=10,
+        what="the publisher connected",
+    )
     (outcome,) = await adapter.send([dispatch(2, "spk-2", "V1")])
     assert isinstance(outcome, Accepted)
     assert adapter.counters.published_area == 1
 
 
 async def test_retries_go_to_the_speaker_with_the_delivery_id(
-    started: tuple[MqttSpeakerAdapter, Context], listener: Listener
+    started: tuple[MqttSpeakerAdapter, RecordingContext], listener: Listener
 ) -> None:
     adapter, _ = started
     outcomes = await adapter.send([dispatch(7, "spk-1", "V1", attempt=2)])
@@ -247,10 +205,10 @@ async def test_retries_go_to_the_speaker_with_the_delivery_id(
 
 
 async def test_cancel_names_what_it_cancels(
-    started: tuple[MqttSpeakerAdapter, Context], listener: Listener
+    started: tuple[MqttSpeakerAdapter, RecordingContext], listener: Listener
 ) -> None:
     adapter, _ = started
-    cancel = warning("w2", MsgType.CANCEL, references=("w1",))
+    cancel = make_warning(wid="w2", msg_type=MsgType.CANCEL, references=("w1",))
     await adapter.send([dispatch(9, "spk-1", "V1", w=cancel)])
     await listener.wait_for(1)
     assert isinstance(listener.messages[0].payload, bytes)
@@ -259,11 +217,11 @@ async def test_cancel_names_what_it_cancels(
 
 
 async def test_an_expired_warning_is_not_sent(
-    started: tuple[MqttSpeakerAdapter, Context], listener: Listener
+    started: tuple[MqttSpeakerAdapter, RecordingContext], listener: Listener
 ) -> None:
     adapter, _ = started
     past = datetime.now(UTC) - timedelta(minutes=1)
-    (outcome,) = await adapter.send([dispatch(1, "spk-1", "V1", w=warning(expires=past))])
+    (outcome,) = await adapter.send([dispatch(1, "spk-1", "V1", w=make_warning(expires=past))])
     assert isinstance(outcome, Failed)
     assert "expired" in outcome.reason
     await asyncio.sleep(0.2)
@@ -274,14 +232,14 @@ async def test_an_expired_warning_is_not_sent(
 
 
 async def test_acks_become_reports_for_the_delivery_sent_to_that_speaker(
-    broker: Broker, started: tuple[MqttSpeakerAdapter, Context]
+    broker: Broker, started: tuple[MqttSpeakerAdapter, RecordingContext]
 ) -> None:
     adapter, context = started
     await adapter.send([dispatch(11, "spk-1", "V1"), dispatch(12, "spk-2", "V1")])
     for state in (AckState.RECEIVED, AckState.PLAYING, AckState.PLAYED):
         await speaker_says(broker, "spk-1", "ack", Ack("w1", state, ts=1.5, plays=2).payload())
     await speaker_says(broker, "spk-2", "ack", Ack("w1", AckState.FAILED, error="amp").payload())
-    await until(lambda: len(context.reports) == 3)
+    await wait_until(lambda: len(context.reports) == 3, within=5, what="three reports")
     first, third, fourth = context.reports
     # "playing" says nothing "received" did not: it is not passed on.
     assert [first.state, third.state] == [ReportState.DELIVERED, ReportState.ACKNOWLEDGED]
@@ -294,13 +252,13 @@ async def test_acks_become_reports_for_the_delivery_sent_to_that_speaker(
 
 
 async def test_an_ack_with_a_delivery_id_keeps_it_and_names_the_topic_device(
-    broker: Broker, started: tuple[MqttSpeakerAdapter, Context]
+    broker: Broker, started: tuple[MqttSpeakerAdapter, RecordingContext]
 ) -> None:
     """The engine checks the delivery is to ``from_address``: a speaker echoing another
     speaker's delivery id is caught there, because the sender is taken from the topic."""
     _, context = started
     await speaker_says(broker, "spk-9", "ack", Ack("w1", AckState.PLAYED, delivery=11).payload())
-    await until(lambda: len(context.reports) == 1)
+    await wait_until(lambda: len(context.reports) == 1, within=5, what="a report")
     (report,) = context.reports
     assert (report.delivery_id, report.from_address) == (11, "spk-9")
 
@@ -318,23 +276,23 @@ async def test_an_ack_with_a_delivery_id_keeps_it_and_names_the_topic_device(
     ],
 )
 async def test_malformed_acks_are_counted_and_dropped(
-    broker: Broker, started: tuple[MqttSpeakerAdapter, Context], payload: bytes
+    broker: Broker, started: tuple[MqttSpeakerAdapter, RecordingContext], payload: bytes
 ) -> None:
     adapter, context = started
     await speaker_says(broker, "spk-1", "ack", payload)
     # A good ack after it proves the bad one was read (and dropped), not still in flight.
     await speaker_says(broker, "spk-1", "ack", Ack("w1", AckState.PLAYED).payload())
-    await until(lambda: len(context.reports) == 1)
+    await wait_until(lambda: len(context.reports) == 1, within=5, what="a report")
     assert context.reports[0].state is ReportState.ACKNOWLEDGED
     assert adapter.counters.malformed == 1
 
 
 async def test_offline_speaker_fails_at_once_and_gets_the_alert_when_back(
-    broker: Broker, started: tuple[MqttSpeakerAdapter, Context], listener: Listener
+    broker: Broker, started: tuple[MqttSpeakerAdapter, RecordingContext], listener: Listener
 ) -> None:
     adapter, context = started
     await speaker_says(broker, "spk-1", "state", b'{"v":1,"state":"offline"}', retain=True)
-    await until(lambda: "spk-1" in adapter.speakers)
+    await wait_until(lambda: "spk-1" in adapter.speakers, within=5, what="spk-1's state")
     outcomes = await adapter.send([dispatch(21, "spk-1", "V1"), dispatch(22, "spk-2", "V1")])
     assert isinstance(outcomes[0], Failed)
     assert "offline" in outcomes[0].reason
@@ -360,7 +318,7 @@ async def test_retained_states_are_known_when_start_returns(broker: Broker) -> N
     for n in range(30):
         await speaker_says(broker, f"spk-{n}", "state", b'{"v":1,"state":"offline"}', retain=True)
     adapter = MqttSpeakerAdapter(name="speakers", settings=settings_for(broker))
-    context = Context()
+    context = RecordingContext(name="speakers")
     await adapter.start(context)
     try:
         assert len(adapter.speakers) == 30
@@ -390,11 +348,11 @@ async def test_probe_and_start_name_an_unreachable_broker(broker: Broker) -> Non
     assert not probe.ok
     assert f"{broker.host}:{broker.port}" in probe.summary
     with pytest.raises(AdapterNotReady, match=f"{broker.host}:{broker.port}"):
-        await adapter.start(Context())
+        await adapter.start(RecordingContext(name="speakers"))
 
 
 async def test_broker_restart_retry_while_down_then_sends_again(
-    broker: Broker, started: tuple[MqttSpeakerAdapter, Context]
+    broker: Broker, started: tuple[MqttSpeakerAdapter, RecordingContext]
 ) -> None:
     adapter, context = started
     broker.stop()
@@ -412,7 +370,7 @@ async def test_broker_restart_retry_while_down_then_sends_again(
     assert isinstance(outcomes[0], Accepted)
     # The ack connection is back too: an ack arrives as a report.
     await speaker_says(broker, "spk-1", "ack", Ack("w1", AckState.PLAYED).payload())
-    await until(lambda: len(context.reports) == 1)
+    await wait_until(lambda: len(context.reports) == 1, within=5, what="a report")
     assert context.reports[0].delivery_id == 31
 
 
@@ -421,14 +379,14 @@ async def test_acks_sent_while_the_adapter_was_away_are_kept_by_the_broker(
 ) -> None:
     settings = settings_for(broker)
     first = MqttSpeakerAdapter(name="speakers", settings=settings)
-    await first.start(Context())
+    await first.start(RecordingContext(name="speakers"))
     await first.stop()
     await speaker_says(broker, "spk-1", "ack", Ack("w1", AckState.PLAYED, delivery=5).payload())
     second = MqttSpeakerAdapter(name="speakers", settings=settings)
-    context = Context()
+    context = RecordingContext(name="speakers")
     await second.start(context)
     try:
-        await until(lambda: len(context.reports) == 1)
+        await wait_until(lambda: len(context.reports) == 1, within=5, what="a report")
         assert context.reports[0].delivery_id == 5
     finally:
         await second.stop()
@@ -463,7 +421,7 @@ async def test_tls_with_the_brokers_ca_and_a_clear_error_with_the_wrong_one(
         good = MqttSpeakerAdapter(
             name="tls", settings=settings_for(broker, tls=True, ca_file=str(ours.ca))
         )
-        await good.start(Context())
+        await good.start(RecordingContext(name="speakers"))
         try:
             (outcome,) = await good.send([dispatch(1, "spk-1", "V1")])
             assert isinstance(outcome, Accepted)
@@ -474,7 +432,7 @@ async def test_tls_with_the_brokers_ca_and_a_clear_error_with_the_wrong_one(
             settings=settings_for(broker, tls=True, ca_file=str(theirs.ca), connect_timeout=1),
         )
         with pytest.raises(AdapterNotReady, match=r"certificate verify failed"):
-            await wrong.start(Context())
+            await wrong.start(RecordingContext(name="speakers"))
         probe = await wrong.probe()
         assert not probe.ok
         assert "certificate verify failed" in probe.summary

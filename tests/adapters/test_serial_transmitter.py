@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from dispatches import make_dispatch, make_warning
 from pydantic import ValidationError
+from recording import RecordingContext
+from waiting import wait_until
 
 from adapters.serial_transmitter.adapter import SerialTransmitterAdapter
 from adapters.serial_transmitter.framing import TocsinV1Profile
@@ -32,37 +35,19 @@ from adapters.serial_transmitter.simulator import SimulatedTransmitter, Transmit
 from dispatcher.adapter import (
     Accepted,
     AdapterNotReady,
-    DeviceStatus,
     Dispatch,
     Failed,
-    Report,
     ReportState,
     Retry,
     WarningContent,
 )
-from dispatcher.domain import Audience, Channel, MsgType, Status
+from dispatcher.domain import Channel, MsgType, Status
 from dispatcher.domain import Level as WarningLevel
 
 EAST, WEST, OTHER_TOWN = "611002101201", "611002101202", "611002102000"
 TEXT = "【红色预警】商州区暴雨红色预警。立即转移。"
 #: The ack timeout of most tests: short, but far above a pty round trip.
 ACK_TIMEOUT = 0.25
-
-
-class Context:
-    def __init__(self) -> None:
-        self.reports: list[Report] = []
-        self.statuses: list[DeviceStatus] = []
-
-    @property
-    def adapter_name(self) -> str:
-        return "transmitters"
-
-    def report(self, report: Report) -> None:
-        self.reports.append(report)
-
-    def device_status(self, status: DeviceStatus) -> None:
-        self.statuses.append(status)
 
 
 @pytest.fixture
@@ -97,9 +82,9 @@ def settings_for(device: TransmitterBusDevice, **changes: object) -> SerialTrans
 @pytest.fixture
 async def started(
     line: TransmitterBusDevice,
-) -> AsyncIterator[tuple[SerialTransmitterAdapter, Context]]:
+) -> AsyncIterator[tuple[SerialTransmitterAdapter, RecordingContext]]:
     adapter = SerialTransmitterAdapter(name="transmitters", settings=settings_for(line))
-    context = Context()
+    context = RecordingContext(name="transmitters")
     async with asyncio.timeout(5):
         await adapter.start(context)
     yield adapter, context
@@ -107,38 +92,21 @@ async def started(
         await adapter.stop()
 
 
-def warning(
-    wid: str = "w1", msg_type: MsgType = MsgType.ALERT, **changes: object
-) -> WarningContent:
-    now = datetime.now(UTC).replace(microsecond=0)
-    base = WarningContent(
-        id=wid,
-        status=Status.ACTUAL,
-        msg_type=msg_type,
-        level=WarningLevel.RED,
-        event="暴雨",
-        headline="商州区暴雨红色预警",
-        description="",
-        instruction="立即转移",
-        area_codes=(EAST, WEST),
-        sent=now,
-        expires=now + timedelta(hours=2),
-    )
-    return replace(base, **changes)  # type: ignore[arg-type]
+def warning(wid: str = "w1", msg_type: MsgType = MsgType.ALERT, **changes: Any) -> WarningContent:
+    changes.setdefault("area_codes", (EAST, WEST))
+    return make_warning(wid=wid, msg_type=msg_type, **changes)
 
 
 def dispatch(
     delivery_id: int, address: str = "1", *, w: WarningContent | None = None, text: str = TEXT
 ) -> Dispatch:
-    return Dispatch(
-        delivery_id=delivery_id,
-        warning=w or warning(),
+    return make_dispatch(
         channel=Channel.TRANSMITTER,
-        audience=Audience.DEVICE,
-        target_id=f"TX-{address}",
+        delivery_id=delivery_id,
         address=address,
+        target_id=f"TX-{address}",
         area_code=EAST,
-        attempt=1,
+        warning=w or warning(),
         text=text,
     )
 
@@ -151,16 +119,9 @@ def on_the_line(device: TransmitterBusDevice) -> list[Received]:
     return [i for i in items if isinstance(i, Received)]
 
 
-async def until(predicate: Callable[[], object], within: float = 5.0) -> None:
-    """Poll a condition of the simulator or the adapter (neither has an event for it)."""
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-
-
 # -- the happy path ------------------------------------------------------------------------------
 async def test_play_is_acknowledged_with_the_warning_on_the_line(
-    started: tuple[SerialTransmitterAdapter, Context], line: TransmitterBusDevice
+    started: tuple[SerialTransmitterAdapter, RecordingContext], line: TransmitterBusDevice
 ) -> None:
     adapter, context = started
     async with asyncio.timeout(3):
@@ -195,7 +156,7 @@ async def test_play_is_acknowledged_with_the_warning_on_the_line(
 
 
 async def test_cancel_stops_the_referenced_warning(
-    started: tuple[SerialTransmitterAdapter, Context], line: TransmitterBusDevice
+    started: tuple[SerialTransmitterAdapter, RecordingContext], line: TransmitterBusDevice
 ) -> None:
     adapter, context = started
     cancel = warning("w1-cancel", MsgType.CANCEL, references=("w1",))
@@ -216,7 +177,7 @@ async def test_cancel_stops_the_referenced_warning(
     [(Status.TEST, Flags.TEST), (Status.EXERCISE, Flags.EXERCISE), (Status.DRAFT, Flags.TEST)],
 )
 async def test_tests_and_exercises_are_never_played_as_real(
-    started: tuple[SerialTransmitterAdapter, Context],
+    started: tuple[SerialTransmitterAdapter, RecordingContext],
     line: TransmitterBusDevice,
     status: Status,
     flag: Flags,
@@ -234,7 +195,7 @@ async def test_tests_and_exercises_are_never_played_as_real(
 
 
 async def test_update_replaces_what_it_references(
-    started: tuple[SerialTransmitterAdapter, Context], line: TransmitterBusDevice
+    started: tuple[SerialTransmitterAdapter, RecordingContext], line: TransmitterBusDevice
 ) -> None:
     adapter, _ = started
     update = warning("w2", MsgType.UPDATE, references=("w1",), level=WarningLevel.ORANGE)
@@ -248,7 +209,7 @@ async def test_update_replaces_what_it_references(
 
 
 async def test_a_batch_for_two_transmitters_on_one_bus(
-    started: tuple[SerialTransmitterAdapter, Context], line: TransmitterBusDevice
+    started: tuple[SerialTransmitterAdapter, RecordingContext], line: TransmitterBusDevice
 ) -> None:
     adapter, context = started
     w = warning(area_codes=("611002000000",))  # the county: both transmitters serve part of it
@@ -269,7 +230,7 @@ async def test_text_encoding_cut_and_stored_clips(line: TransmitterBusDevice) ->
             line, text_encoding="utf-8", max_text_bytes=30, audio_clips={"山洪": 7}
         ),
     )
-    await adapter.start(Context())
+    await adapter.start(RecordingContext(name="transmitters"))
     try:
         async with asyncio.timeout(3):
             first, second = await adapter.send(
@@ -293,7 +254,7 @@ async def test_directory_addresses_mapped_to_line_ids(line: TransmitterBusDevice
             line, addresses={"TX-611002101000": 1}, transmitters=["TX-611002101000"]
         ),
     )
-    context = Context()
+    context = RecordingContext(name="transmitters")
     await adapter.start(context)
     try:
         async with asyncio.timeout(3):
@@ -309,7 +270,7 @@ async def test_directory_addresses_mapped_to_line_ids(line: TransmitterBusDevice
 
 # -- transmitters that refuse --------------------------------------------------------------------
 async def test_unknown_area_fails_with_the_codes(
-    started: tuple[SerialTransmitterAdapter, Context], line: TransmitterBusDevice
+    started: tuple[SerialTransmitterAdapter, RecordingContext], line: TransmitterBusDevice
 ) -> None:
     adapter, context = started
     elsewhere = warning(area_codes=("610524000000",))
@@ -324,7 +285,7 @@ async def test_unknown_area_fails_with_the_codes(
 
 
 async def test_busy_fault_and_unsupported(
-    started: tuple[SerialTransmitterAdapter, Context], line: TransmitterBusDevice
+    started: tuple[SerialTransmitterAdapter, RecordingContext], line: TransmitterBusDevice
 ) -> None:
     adapter, context = started
     line[1].answer = "busy"
@@ -354,7 +315,7 @@ async def test_busy_fault_and_unsupported(
 
 
 async def test_never_acknowledging_transmitter_resends_then_retry(
-    started: tuple[SerialTransmitterAdapter, Context], line: TransmitterBusDevice
+    started: tuple[SerialTransmitterAdapter, RecordingContext], line: TransmitterBusDevice
 ) -> None:
     adapter, context = started
     line[1].answer = "never"
@@ -384,7 +345,7 @@ async def test_never_acknowledging_transmitter_resends_then_retry(
 
 
 async def test_a_lost_answer_is_recovered_by_a_resend(
-    started: tuple[SerialTransmitterAdapter, Context], line: TransmitterBusDevice
+    started: tuple[SerialTransmitterAdapter, RecordingContext], line: TransmitterBusDevice
 ) -> None:
     adapter, _ = started
     line[1].drop_answers = 1
@@ -397,7 +358,7 @@ async def test_a_lost_answer_is_recovered_by_a_resend(
 
 # -- a noisy or silent line ----------------------------------------------------------------------
 async def test_garbage_answers_then_recovery(
-    started: tuple[SerialTransmitterAdapter, Context], line: TransmitterBusDevice
+    started: tuple[SerialTransmitterAdapter, RecordingContext], line: TransmitterBusDevice
 ) -> None:
     adapter, _ = started
     line.garbage = 1.0
@@ -414,7 +375,7 @@ async def test_garbage_answers_then_recovery(
 
 
 async def test_answers_with_a_bad_crc_are_resent_early_then_retried(
-    started: tuple[SerialTransmitterAdapter, Context], line: TransmitterBusDevice
+    started: tuple[SerialTransmitterAdapter, RecordingContext], line: TransmitterBusDevice
 ) -> None:
     adapter, _ = started
     line.bad_crc = 1.0
@@ -434,7 +395,7 @@ async def test_answers_with_a_bad_crc_are_resent_early_then_retried(
 
 
 async def test_a_frame_with_a_bad_crc_is_answered_bad_crc_and_resent(
-    started: tuple[SerialTransmitterAdapter, Context], line: TransmitterBusDevice
+    started: tuple[SerialTransmitterAdapter, RecordingContext], line: TransmitterBusDevice
 ) -> None:
     adapter, _ = started
     bus = adapter.bus
@@ -459,7 +420,7 @@ async def test_a_frame_with_a_bad_crc_is_answered_bad_crc_and_resent(
 
 
 async def test_silent_line_then_recovery(
-    started: tuple[SerialTransmitterAdapter, Context], line: TransmitterBusDevice
+    started: tuple[SerialTransmitterAdapter, RecordingContext], line: TransmitterBusDevice
 ) -> None:
     adapter, context = started
     line.silent = True
@@ -476,7 +437,7 @@ async def test_silent_line_then_recovery(
 
 
 async def test_a_slow_transmitter_within_the_timeout_is_fine(
-    started: tuple[SerialTransmitterAdapter, Context], line: TransmitterBusDevice
+    started: tuple[SerialTransmitterAdapter, RecordingContext], line: TransmitterBusDevice
 ) -> None:
     adapter, _ = started
     line.latency = ACK_TIMEOUT / 3
@@ -488,12 +449,12 @@ async def test_a_slow_transmitter_within_the_timeout_is_fine(
 
 # -- unplugging ----------------------------------------------------------------------------------
 async def test_unplug_mid_send_then_replug(
-    started: tuple[SerialTransmitterAdapter, Context], line: TransmitterBusDevice
+    started: tuple[SerialTransmitterAdapter, RecordingContext], line: TransmitterBusDevice
 ) -> None:
     adapter, _ = started
     line.latency = 1.0  # the answer is still on its way when the cable is pulled
     sending = asyncio.create_task(adapter.send([dispatch(1), dispatch(2), dispatch(3, "2")]))
-    await until(lambda: line[1].commands)
+    await wait_until(lambda: line[1].commands, within=5, what="a command to transmitter 1")
     began = time.monotonic()
     line.unplug()
     async with asyncio.timeout(2):
@@ -508,7 +469,7 @@ async def test_unplug_mid_send_then_replug(
 
     line.latency = 0.0
     line.replug()
-    await until(lambda: adapter.not_ready_reason() is None)
+    await wait_until(lambda: adapter.not_ready_reason() is None, within=5, what="the adapter ready")
     async with asyncio.timeout(3):
         (outcome,) = await adapter.send([dispatch(5)])
     assert isinstance(outcome, Accepted)
@@ -520,10 +481,10 @@ async def test_stop_is_prompt_while_waiting_for_an_answer(
     adapter = SerialTransmitterAdapter(
         name="t", settings=settings_for(line, command_timeout=10, transmitters=[])
     )
-    await adapter.start(Context())
+    await adapter.start(RecordingContext(name="transmitters"))
     line[1].answer = "never"
     sending = asyncio.create_task(adapter.send([dispatch(1), dispatch(2)]))
-    await until(lambda: line[1].commands)
+    await wait_until(lambda: line[1].commands, within=5, what="a command to transmitter 1")
     began = time.monotonic()
     async with asyncio.timeout(2):
         await adapter.stop()
@@ -539,7 +500,7 @@ async def test_start_on_a_missing_port_names_it(tmp_path: Path) -> None:
     adapter = SerialTransmitterAdapter(name="t", settings=settings)
     with pytest.raises(AdapterNotReady, match=r"nothing: no such port"):
         async with asyncio.timeout(5):
-            await adapter.start(Context())
+            await adapter.start(RecordingContext(name="transmitters"))
     probe = await adapter.probe()
     assert not probe.ok
     assert "no such port" in probe.summary
@@ -550,7 +511,7 @@ async def test_start_when_no_transmitter_answers(line: TransmitterBusDevice) -> 
     adapter = SerialTransmitterAdapter(name="t", settings=settings_for(line, resends=0))
     with pytest.raises(AdapterNotReady, match="no transmitter answered"):
         async with asyncio.timeout(5):
-            await adapter.start(Context())
+            await adapter.start(RecordingContext(name="transmitters"))
     assert adapter.bus is None
 
 
@@ -568,7 +529,7 @@ async def test_probe_before_and_after_start(line: TransmitterBusDevice) -> None:
     assert shown["1"]["firmware"] == "TOCSIN-SIM-1.0"
     assert shown["2"]["online"] is False
     assert line[1].status_queries == 1
-    context = Context()
+    context = RecordingContext(name="transmitters")
     await adapter.start(context)
     try:
         line[2].answer = "ok"
@@ -590,10 +551,14 @@ async def test_probe_with_nothing_to_query(line: TransmitterBusDevice) -> None:
 async def test_periodic_status_poll_reports_device_states(line: TransmitterBusDevice) -> None:
     line[2].faults = FaultFlag.MAINS_LOST
     adapter = SerialTransmitterAdapter(name="t", settings=settings_for(line, status_interval=0.05))
-    context = Context()
+    context = RecordingContext(name="transmitters")
     await adapter.start(context)
     try:
-        await until(lambda: line[2].status_queries >= 3)
+        await wait_until(
+            lambda: line[2].status_queries >= 3,
+            within=5,
+            what="three status polls",
+        )
     finally:
         await adapter.stop()
     two = [s for s in context.statuses if s.address == "2"]
@@ -604,7 +569,7 @@ async def test_periodic_status_poll_reports_device_states(line: TransmitterBusDe
 
 # -- dispatches that cannot be sent --------------------------------------------------------------
 async def test_bad_addresses_and_expired_warnings_fail_at_once(
-    started: tuple[SerialTransmitterAdapter, Context], line: TransmitterBusDevice
+    started: tuple[SerialTransmitterAdapter, RecordingContext], line: TransmitterBusDevice
 ) -> None:
     adapter, _ = started
     past = datetime.now(UTC) - timedelta(minutes=1)
@@ -637,7 +602,7 @@ async def test_batch_budget_bounds_a_send(line: TransmitterBusDevice) -> None:
     adapter = SerialTransmitterAdapter(
         name="t", settings=settings_for(line, batch_budget=0.1, transmitters=[])
     )
-    await adapter.start(Context())
+    await adapter.start(RecordingContext(name="transmitters"))
     try:
         async with asyncio.timeout(3):
             outcomes = await adapter.send([dispatch(1), dispatch(2, "2")])
@@ -670,7 +635,7 @@ async def test_a_registered_profile_drives_the_line(tmp_path: Path) -> None:
                 name="t",
                 settings=settings_for(device, profile="lab-wakeup", transmitters=["9"]),
             )
-            await adapter.start(Context())
+            await adapter.start(RecordingContext(name="transmitters"))
             try:
                 async with asyncio.timeout(3):
                     (outcome,) = await adapter.send([dispatch(1, "9")])

@@ -9,33 +9,21 @@ import os
 import signal
 import sys
 import tomllib
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from dispatches import make_dispatch, make_warning
+from recording import RecordingContext
+from waiting import wait_until
 
 from adapters.serial_link.simulator import apply_common_knobs, parser_for
 from adapters.serial_transmitter import simulator as transmitter_profile
 from adapters.serial_transmitter.adapter import SerialTransmitterAdapter
 from adapters.serial_transmitter.settings import SerialTransmitterSettings
 from adapters.serial_transmitter.simulator import TransmitterBusDevice, parse_transmitters
-from dispatcher.adapter import Accepted, DeviceStatus, Dispatch, Report, WarningContent
-from dispatcher.domain import Audience, Channel, Level, MsgType, Status
-
-
-class Context:
-    def __init__(self) -> None:
-        self.reports: list[Report] = []
-
-    @property
-    def adapter_name(self) -> str:
-        return "transmitters"
-
-    def report(self, report: Report) -> None:
-        self.reports.append(report)
-
-    def device_status(self, status: DeviceStatus) -> None:
-        pass
+from dispatcher.adapter import Accepted
+from dispatcher.domain import Channel, Level, Status
 
 
 def test_the_profile_knobs_build_the_simulator(tmp_path: Path) -> None:
@@ -114,8 +102,7 @@ async def test_the_simulator_process_answers_the_adapter(tmp_path: Path) -> None
             banner = (await process.stdout.readline()).decode()
             assert "transmitter" in banner
             assert str(link) in banner
-            while not link.exists():  # noqa: ASYNC110 — the banner precedes nothing else
-                await asyncio.sleep(0.02)
+            await wait_until(link.exists, within=10, what="the simulator's link")
             settings = SerialTransmitterSettings(
                 port=str(link), transmitters=("1", "2"), command_timeout=0.5, open_timeout=3
             )
@@ -123,37 +110,25 @@ async def test_the_simulator_process_answers_the_adapter(tmp_path: Path) -> None
             probe = await adapter.probe()
             assert probe.ok, probe.summary
             assert "2 of 2 transmitters answered" in probe.summary
-            context = Context()
+            context = RecordingContext(name="transmitters")
             await adapter.start(context)
-            now = datetime.now(UTC)
-            warning = WarningContent(
-                id="w1",
+            device_test = make_warning(
                 status=Status.TEST,
-                msg_type=MsgType.ALERT,
                 level=Level.BLUE,
                 event="设备测试",
                 headline="设备测试",
-                description="",
                 instruction="",
                 area_codes=("611002101201",),
-                sent=now,
-                expires=now + timedelta(hours=1),
+                lasting=timedelta(hours=1),
             )
-            [outcome] = await adapter.send(
-                [
-                    Dispatch(
-                        delivery_id=1,
-                        warning=warning,
-                        channel=Channel.TRANSMITTER,
-                        audience=Audience.DEVICE,
-                        target_id="TX-1",
-                        address="1",
-                        area_code="611002101201",
-                        attempt=1,
-                        text="【测试】预警系统测试。",
-                    )
-                ]
+            dispatch = make_dispatch(
+                channel=Channel.TRANSMITTER,
+                address="1",
+                target_id="TX-1",
+                warning=device_test,
+                text="【测试】预警系统测试。",
             )
+            [outcome] = await adapter.send([dispatch])
             assert isinstance(outcome, Accepted), outcome
             assert outcome.detail["command"] == "test"
             assert context.reports[0].detail["device_state"] == "played"

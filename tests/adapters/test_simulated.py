@@ -7,17 +7,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from dispatches import make_dispatch, make_warning
 from pydantic import ValidationError
+from recording import RecordingContext
 
 from adapters.simulated import SimulatedAdapter, SimulatedSettings, SimulatedStats
 from dispatcher.adapter import (
     Accepted,
     AdapterNotReady,
-    DeviceStatus,
     Dispatch,
     Failed,
     Outcome,
@@ -27,61 +28,44 @@ from dispatcher.adapter import (
     WarningContent,
     check_outcomes,
 )
-from dispatcher.domain import PERSON_CHANNELS, Audience, Channel, Level, MsgType, Status
+from dispatcher.domain import PERSON_CHANNELS, Channel, MsgType
 
 
-class RecordingContext:
-    """The engine's side: records each report with the loop time it arrived."""
+class TimedContext(RecordingContext):
+    """Also records the loop time each report arrived, and can wait for a number of them."""
 
     def __init__(self, name: str = "sim") -> None:
-        self._name = name
-        self.reports: list[Report] = []
+        super().__init__(name)
         self.arrived: list[float] = []
-        self.statuses: list[DeviceStatus] = []
-        self._changed = asyncio.Event()
-
-    @property
-    def adapter_name(self) -> str:
-        return self._name
 
     def report(self, report: Report) -> None:
-        self.reports.append(report)
         self.arrived.append(asyncio.get_running_loop().time())
-        self._changed.set()
-
-    def device_status(self, status: DeviceStatus) -> None:
-        self.statuses.append(status)
+        super().report(report)
 
     async def wait_reports(self, n: int, limit: float = 1.0) -> None:
         """Until at least n reports have arrived (TimeoutError after ``limit`` seconds)."""
         async with asyncio.timeout(limit):
             while len(self.reports) < n:
-                self._changed.clear()
-                await self._changed.wait()
+                self.changed.clear()
+                await self.changed.wait()
 
     def acks(self) -> list[Report]:
         return [r for r in self.reports if r.state is ReportState.ACKNOWLEDGED]
 
 
-class RefusingContext(RecordingContext):
+class RefusingContext(TimedContext):
     def report(self, report: Report) -> None:
         raise RuntimeError("report queue is broken")
 
 
 def warning(msg_type: MsgType = MsgType.ALERT, wid: str = "W-1") -> WarningContent:
-    sent = datetime(2025, 7, 1, 8, 0, tzinfo=UTC)
-    return WarningContent(
-        id=wid,
-        status=Status.ACTUAL,
+    return make_warning(
+        wid=wid,
         msg_type=msg_type,
-        level=Level.RED,
         event="山洪",
         headline="山洪红色预警",
-        description="",
-        instruction="立即转移",
         area_codes=("611002",),
-        sent=sent,
-        expires=sent + timedelta(hours=2),
+        sent=datetime(2025, 7, 1, 8, 0, tzinfo=UTC),
     )
 
 
@@ -104,14 +88,12 @@ def dispatches(
         else:
             address = f"+86138{delivery_id:08d}" if person else f"DEV-{delivery_id}"
         out.append(
-            Dispatch(
-                delivery_id=delivery_id,
-                warning=content,
+            make_dispatch(
                 channel=channel,
-                audience=Audience.PERSON if person else Audience.DEVICE,
-                target_id=f"T{delivery_id}",
+                delivery_id=delivery_id,
                 address=address,
-                area_code="611002101201",
+                target_id=f"T{delivery_id}",
+                warning=content,
                 attempt=attempt,
                 text="山洪红色预警：立即转移",
             )
@@ -128,9 +110,9 @@ async def started() -> AsyncIterator[Any]:
     """make(**settings) → (adapter, context), started; every adapter is stopped afterwards."""
     made: list[SimulatedAdapter] = []
 
-    async def make(name: str = "sim", **settings: Any) -> tuple[SimulatedAdapter, RecordingContext]:
+    async def make(name: str = "sim", **settings: Any) -> tuple[SimulatedAdapter, TimedContext]:
         adapter = SimulatedAdapter(name=name, settings=settings)
-        context = RecordingContext(name)
+        context = TimedContext(name)
         await adapter.start(context)
         made.append(adapter)
         return adapter, context
@@ -418,7 +400,7 @@ async def test_stop_drops_pending_acks_and_the_task(started: Any) -> None:
     await asyncio.sleep(0.1)
     assert context.reports == []
     # A restart does not bring the dropped acknowledgements back.
-    second = RecordingContext("stopper")
+    second = TimedContext("stopper")
     await adapter.start(second)
     await asyncio.sleep(0.1)
     assert second.reports == []
@@ -445,7 +427,7 @@ async def test_a_context_that_raises_loses_no_outcomes(started: Any) -> None:
 
 async def test_not_ready_starts() -> None:
     adapter = SimulatedAdapter(name="late", settings={"not_ready_starts": 2})
-    context = RecordingContext()
+    context = TimedContext()
     for attempt in (1, 2):
         with pytest.raises(AdapterNotReady, match=f"{attempt} of 2"):
             await adapter.start(context)
@@ -576,7 +558,7 @@ async def test_instant_sends_are_cheap(started: Any) -> None:
 
 async def test_devices_that_took_a_message_are_reported_online() -> None:
     adapter = SimulatedAdapter(name="sim", settings={"fail_addresses": ["SPK-GONE"]})
-    context = RecordingContext()
+    context = TimedContext()
     await adapter.start(context)
     try:
         await adapter.send(
