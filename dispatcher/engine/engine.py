@@ -306,7 +306,7 @@ class Engine:
         if hosts:
             pause = min(h.seconds_until_usable for h in hosts) or FALLOVER_INTERVAL
             resume_at: float | None = now + pause
-            why = f"every {channel} adapter is paused ({', '.join(h.name for h in hosts)})"
+            why = f"every {channel} adapter is paused ({', '.join(map(_why_paused, hosts))})"
         else:
             # Nothing will ever send on this channel until the config changes: fail for good
             # so people's ladders move on and the warning can complete.
@@ -484,6 +484,12 @@ def _text(
     if text is None:
         text = cache[key] = render_text(content, audience=c.audience, channel=c.channel)
     return text
+
+
+def _why_paused(host: AdapterHost) -> str:
+    """An instance's name, and why it takes nothing when its connection is down."""
+    reason = host.not_ready_reason()
+    return host.name if reason is None else f"{host.name}: {reason}"
 
 
 def _share_out(

@@ -667,16 +667,24 @@ def _fall_over(
                 (resume_at, c.attempt - 1, batch.now, c.id),
             )
             batch.move(c.warning_seq, "sending", "retry_wait")
-            batch.event(
-                c.warning_seq,
-                c.id,
-                "retry_wait",
-                attempt=c.attempt - 1,
-                reason=reason,
-                target_id=c.target_id,
-                channel=c.channel,
-                area_code=c.area_code,
-            )
+            last = conn.execute(
+                "SELECT state, reason FROM delivery_events WHERE delivery_id = ? "
+                "ORDER BY id DESC LIMIT 1",
+                (c.id,),
+            ).fetchone()
+            # Waiting on for the same reason (a modem unplugged for ten minutes is looked at
+            # again every few seconds) is one line in the log, not one per look.
+            if last is None or tuple(last) != ("retry_wait", reason):
+                batch.event(
+                    c.warning_seq,
+                    c.id,
+                    "retry_wait",
+                    attempt=c.attempt - 1,
+                    reason=reason,
+                    target_id=c.target_id,
+                    channel=c.channel,
+                    area_code=c.area_code,
+                )
             continue
         step = _row(held)
         conn.execute(

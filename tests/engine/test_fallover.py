@@ -9,6 +9,7 @@ import time
 
 import pytest
 from small_directory import VILLAGE_A1a
+from waiting import wait_until
 
 from dispatcher.config import AdapterInstanceConfig
 from engine.conftest import MakeTocsin
@@ -92,6 +93,15 @@ async def test_a_connection_lost_after_the_start_hands_the_adapter_nothing(
     assert any("every sms adapter is paused" in e.reason for e in t.events(sms.id))
     waiting = t.delivery(w.id, "p02", "sms")
     assert waiting.state == "retry_wait"
+    # Looked at again every RECONNECT_POLL seconds while the port is down: one log line.
+    await wait_until(
+        lambda: t.delivery(w.id, "p02", "sms").due_at > waiting.due_at,
+        within=10,
+        what="a second look at the waiting delivery",
+    )
+    waits = [e for e in t.events(waiting.id) if e.state == "retry_wait"]
+    assert len(waits) == 1, [e.reason for e in waits]
+    assert "(sms: /dev/ttyUSB0: device disconnected, reopening)" in waits[0].reason
 
     t.adapter("sms").connection_lost = None
     t.engine.wake()
