@@ -35,7 +35,7 @@ from dispatcher.adapter_config import AdapterSpec
 from dispatcher.config import EngineConfig
 from dispatcher.domain import Audience, Channel, DeliveryState
 from dispatcher.engine.ack_intake import AckIntake
-from dispatcher.engine.adapter_host import AdapterHost
+from dispatcher.engine.adapter_host import RECONNECT_POLL, AdapterHost
 from dispatcher.engine.backoff import Backoff
 from dispatcher.engine.decide import decide, put_back
 from dispatcher.engine.device_status import DeviceStatusBook, DeviceStatusStore
@@ -286,9 +286,7 @@ class Engine:
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
         if leftover:
-            await self._record(
-                [put_back(c, due_at=now + 0.5, reason="its adapter is busy") for c in leftover]
-            )
+            await self._record([_put_back_leftover(c, hosts, now) for c in leftover])
         return 0.0
 
     async def _fall_over(self, channel: str, hosts: list[AdapterHost], now: float) -> float:
@@ -484,6 +482,19 @@ def _text(
     if text is None:
         text = cache[key] = render_text(content, audience=c.audience, channel=c.channel)
     return text
+
+
+def _put_back_leftover(c: ClaimedDelivery, hosts: list[AdapterHost], now: float) -> Transition:
+    """A claimed delivery no instance could take this round: its own instance (a device
+    names one) is busy — try again shortly — or its connection is down, looked at again when
+    a not-ready instance is (the wait is logged once, not every round)."""
+    pinned = next((h for h in hosts if h.name == c.adapter), None) if c.adapter else None
+    reason = pinned.not_ready_reason() if pinned is not None else None
+    if pinned is not None and reason is not None:
+        return put_back(
+            c, due_at=now + RECONNECT_POLL, reason=f"its adapter {pinned.name}: {reason}"
+        )
+    return put_back(c, due_at=now + 0.5, reason="its adapter is busy")
 
 
 def _why_paused(host: AdapterHost) -> str:

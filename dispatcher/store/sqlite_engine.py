@@ -615,6 +615,15 @@ def _reclaim(batch: _Batch, rows: Sequence[_Row], why: str) -> None:
         )
 
 
+def _waited_already(conn: sqlite3.Connection, delivery_id: int, state: str, reason: str) -> bool:
+    """Whether the delivery's last logged event is this wait, for this reason."""
+    last = conn.execute(
+        "SELECT state, reason FROM delivery_events WHERE delivery_id = ? ORDER BY id DESC LIMIT 1",
+        (delivery_id,),
+    ).fetchone()
+    return last is not None and tuple(last) == (state, reason)
+
+
 def _fall_over(
     batch: _Batch, claimed: Sequence[ClaimedDelivery], resume_at: float | None, reason: str
 ) -> int:
@@ -667,14 +676,9 @@ def _fall_over(
                 (resume_at, c.attempt - 1, batch.now, c.id),
             )
             batch.move(c.warning_seq, "sending", "retry_wait")
-            last = conn.execute(
-                "SELECT state, reason FROM delivery_events WHERE delivery_id = ? "
-                "ORDER BY id DESC LIMIT 1",
-                (c.id,),
-            ).fetchone()
             # Waiting on for the same reason (a modem unplugged for ten minutes is looked at
             # again every few seconds) is one line in the log, not one per look.
-            if last is None or tuple(last) != ("retry_wait", reason):
+            if not _waited_already(conn, c.id, "retry_wait", reason):
                 batch.event(
                     c.warning_seq,
                     c.id,
@@ -776,6 +780,8 @@ def _record(
         updates.setdefault(key, []).append(row.id)
         recorded += 1
         batch.move(row.warning_seq, row.state, t.state.value)
+        if t.uncount_attempt and _waited_already(conn, row.id, t.state.value, t.reason):
+            continue  # put back unsent again for the same reason: logged once
         batch.event(
             row.warning_seq,
             row.id,

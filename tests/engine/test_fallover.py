@@ -6,6 +6,7 @@ all, their delivery fails for good (so the warning can complete and visits can f
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from small_directory import VILLAGE_A1a
@@ -111,3 +112,47 @@ async def test_a_connection_lost_after_the_start_hands_the_adapter_nothing(
     assert status["state"] == "ready"
     assert "reason" not in status
     assert t.registry.get_sample_value("tocsin_adapter_ready", {"adapter": "sms"}) == 1
+
+
+async def test_devices_of_an_instance_whose_connection_is_down_wait_for_it(
+    tocsin: MakeTocsin,
+) -> None:
+    """A transmitter names its instance; while that instance's line is down another instance
+    on the channel does not take it, and the wait is logged once, naming why."""
+    devices = [{"audience": "devices", "device_kinds": ["transmitter"]}]
+    t = tocsin(
+        {"transmitter": sim(["transmitter"]), "spare": sim(["transmitter"])},
+        policy=policy(rules=devices),
+    )
+    await t.start()
+    t.adapter("transmitter").connection_lost = "/dev/ttyS0: device disconnected, reopening"
+    w = await t.warn((VILLAGE_A1a,))
+    tx = await wait_until_claimed_twice(t, w.id)
+
+    assert t.adapter("spare").stats.dispatches == 0, "a device goes to its own instance"
+    waits = [e for e in t.events(tx.id) if e.state == "retry_wait"]
+    assert len(waits) == 1, [e.reason for e in waits]
+    assert waits[0].reason == (
+        "its adapter transmitter: /dev/ttyS0: device disconnected, reopening"
+    )
+    assert tx.attempts == 0, "waiting for its instance is not an attempt"
+
+    t.adapter("transmitter").connection_lost = None
+    await t.wait_state(w.id, "tx-a1", "transmitter", "acknowledged", within=20)
+    assert t.adapter("spare").stats.dispatches == 0
+
+
+async def wait_until_claimed_twice(t: Any, warning_id: str) -> Any:
+    """The county transmitter's delivery, once it has been put back at least twice."""
+    first: list[float] = []
+
+    def put_back_again() -> bool:
+        d = t.delivery(warning_id, "tx-a1", "transmitter")
+        if d.state != "retry_wait":
+            return False
+        if not first:
+            first.append(d.due_at)
+        return bool(d.due_at > first[0])
+
+    await wait_until(put_back_again, within=15, what="the delivery put back twice")
+    return t.delivery(warning_id, "tx-a1", "transmitter")
