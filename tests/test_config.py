@@ -4,14 +4,24 @@ are resolved from references and never shown."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
+from dispatcher.adapter import adapter_kinds
 from dispatcher.cli import main as cli_main
-from dispatcher.config import ConfigError, TocsinConfig, TokenConfig, load_config, load_policy
+from dispatcher.config import (
+    AdapterInstanceConfig,
+    ConfigError,
+    TocsinConfig,
+    TokenConfig,
+    load_config,
+    load_policy,
+)
 from dispatcher.durations import parse_duration
 from dispatcher.secrets import SecretError, resolve_secret
 
@@ -246,3 +256,88 @@ def test_production_template_documents_every_option() -> None:
         if not any(line.startswith(f"{k} =") for line in lines)
     ]
     assert missing == []
+
+
+_ADAPTER_HEADER = re.compile(r"^\[adapters\.([A-Za-z0-9_-]+)\]$")
+_SETTINGS_HEADER = re.compile(r"^\[adapters\.([A-Za-z0-9_-]+)\.settings\]$")
+_KEY_LINE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\s*=")
+
+
+def _commented_adapter_blocks(text: str) -> dict[str, list[str]]:
+    """Each commented ``# [adapters.NAME]`` example of the template, uncommented: from its header
+    through its ``[adapters.NAME.settings]`` lines, up to the next instance's header or the end of
+    the comment. Only headers and ``key = value`` lines are kept; the prose between them is not
+    TOML."""
+    blocks: dict[str, list[str]] = {}
+    current: str | None = None
+    for raw in text.splitlines():
+        if not raw.startswith("#"):
+            current = None  # a blank or live line ends the commented example
+            continue
+        line = raw[1:].strip()
+        header = _ADAPTER_HEADER.match(line)
+        if header:
+            current = header.group(1)
+            assert current not in blocks, f"two examples named adapters.{current}"
+            blocks[current] = [line]
+            continue
+        if current is None:
+            continue
+        settings = _SETTINGS_HEADER.match(line)
+        if settings:
+            assert settings.group(1) == current, f"{line} inside the adapters.{current} example"
+            blocks[current].append(line)
+        elif _KEY_LINE.match(line):
+            blocks[current].append(line)
+    return blocks
+
+
+_TEMPLATE = (ROOT / "config" / "production.toml").read_text(encoding="utf-8")
+_ADAPTER_EXAMPLES = _commented_adapter_blocks(_TEMPLATE)
+
+
+def _template_with(body: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The production template made loadable here (as in test_shipped_configs_are_valid), with
+    ``body`` appended; the secrets its examples reference are given as credentials."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "tocsin-token-duty-desk-1").write_text("ab" * 32 + "\n")
+    (creds / "mqtt-password").write_text("broker-secret\n")
+    (creds / "twilio-auth-token").write_text("0123456789abcdef0123456789abcdef\n")
+    (creds / "modem-pin").write_text("1234\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    text = _TEMPLATE.replace('csv_dir = "/etc/tocsin/directory"', f'csv_dir = "{tmp_path}"')
+    text = text.replace(
+        'file = "/etc/tocsin/policy.toml"', f'file = "{ROOT / "config" / "policy.toml"}"'
+    )
+    path = tmp_path / "production.toml"
+    path.write_text(text + "\n" + body + "\n", encoding="utf-8")
+    return path
+
+
+def test_production_template_has_an_example_of_every_adapter_kind() -> None:
+    kinds = set()
+    for name, lines in _ADAPTER_EXAMPLES.items():
+        data = tomllib.loads("\n".join(lines))
+        kinds.add(data["adapters"][name]["kind"])
+    assert set(adapter_kinds()) - kinds == set()
+
+
+@pytest.mark.parametrize("name", sorted(_ADAPTER_EXAMPLES))
+def test_production_template_adapter_example_is_valid(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each commented adapter example, uncommented, passes the real loader: the kind exists,
+    every documented setting is one the kind's settings model has, and the values validate."""
+    lines = _ADAPTER_EXAMPLES[name]
+    instance = tomllib.loads("\n".join(lines))["adapters"][name]
+    settings = instance.get("settings", {})
+    assert settings, f"adapters.{name}: the example shows no settings"
+    config = load_config(_template_with("\n".join(lines), tmp_path, monkeypatch))
+    (spec,) = [s for s in config.adapters if s.name == name]
+    model = adapter_kinds()[instance["kind"]].settings_model
+    # The loader already refuses an unknown key (extra="forbid"); say so by name here too,
+    # should a kind's model ever accept extras.
+    assert set(settings) - set(model.model_fields) == set()
+    assert set(instance) - {"settings"} - set(AdapterInstanceConfig.model_fields) == set()
+    assert isinstance(spec.settings, model)

@@ -68,7 +68,12 @@ def _base_parser(*, add_help: bool) -> argparse.ArgumentParser:
         default=0.0,
         help="unplug the device this often, plugging it back in after --unplugged-for",
     )
-    parser.add_argument("--unplugged-for", type=seconds, default=3.0)
+    parser.add_argument(
+        "--unplugged-for",
+        type=seconds,
+        default=3.0,
+        help="how long an unplug (SIGUSR1 or --unplug-every) lasts (default 3 s)",
+    )
     parser.add_argument("--seed", type=int, help="seed the simulator's randomness")
     return parser
 
@@ -165,7 +170,7 @@ async def _run(device: PtyDevice, module: ModuleType, args: argparse.Namespace) 
                 timed = next_unplug is not None and time.monotonic() >= next_unplug
                 if toggle.is_set() or timed:
                     toggle.clear()
-                    await _unplug_for(device, args.unplugged_for if timed else 1.0)
+                    await _unplug_for(device, args.unplugged_for)
                     if next_unplug is not None:
                         next_unplug = time.monotonic() + args.unplug_every
     finally:

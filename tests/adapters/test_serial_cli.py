@@ -223,6 +223,7 @@ async def simulate(profile: Profile, tmp_path: Path, *knobs: str) -> AsyncIterat
         "--link",
         str(link),
         "--latency=0.005",
+        "--unplugged-for=0.5",
         *knobs,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
