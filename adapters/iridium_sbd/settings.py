@@ -8,6 +8,7 @@ from typing import Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from adapters.serial_link.settings import SerialPortSettings
+from dispatcher.durations import Seconds
 
 _IMEI = re.compile(r"^[0-9]{15}$")
 _SERIAL = re.compile(r"^[0-9]{1,7}$")
@@ -33,19 +34,19 @@ class IridiumSbdSettings(SerialPortSettings):
     rockblock_serials: dict[str, str] = Field(default_factory=dict)
     #: Seconds one ``AT+SBDIX`` session may take before it counts as failed (the transceiver
     #: gives up by itself after about a minute with an MO status of 10-19).
-    session_timeout: float = Field(default=75.0, gt=0, le=600)
+    session_timeout: Seconds = Field(default=75.0, gt=0, le=600)
     #: The least time between two SBD sessions: the pace Tocsin asks of the engine (one
     #: session per interval) and keeps itself between mailbox checks.
-    session_interval: float = Field(default=10.0, ge=0, le=3600)
+    session_interval: Seconds = Field(default=10.0, ge=0, le=3600)
     #: Signal bars (``AT+CSQ``, 0-5) below which no session is tried: the delivery is retried.
     min_signal: int = Field(default=1, ge=0, le=5)
     #: Seconds to wait before retrying when the signal is too weak.
-    no_signal_retry: float = Field(default=30.0, gt=0, le=3600)
+    no_signal_retry: Seconds = Field(default=30.0, gt=0, le=3600)
     #: Replies that confirm a warning (compared after NFKC, case-folding, no punctuation).
     confirm_words: list[str] = Field(default_factory=lambda: ["1", "收到", "Y"], min_length=1)
     #: Seconds between mailbox checks (a session that only fetches replies) when no ring alert
     #: came; 0: only on a ring alert or after a send. Every session costs credit.
-    mailbox_interval: float = Field(default=0.0, ge=0, le=86400)
+    mailbox_interval: Seconds = Field(default=0.0, ge=0, le=86400)
     #: Deliveries remembered for matching replies (newest kept; expired warnings pruned).
     remember: int = Field(default=10_000, ge=10, le=1_000_000)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dispatcher.durations import Seconds
+
 #: The rates a UART and a USB serial adapter offer; anything else is a typo.
 STANDARD_BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 
@@ -17,11 +19,11 @@ class SerialPortSettings(BaseModel):
     port: str = Field(min_length=1)
     baudrate: int = 115200
     #: Seconds one command may take before it counts as unanswered.
-    command_timeout: float = Field(default=10.0, gt=0, le=600)
+    command_timeout: Seconds = Field(default=10.0, gt=0, le=600)
     #: Seconds the port and the device's set-up may take at start.
-    open_timeout: float = Field(default=10.0, gt=0, le=600)
+    open_timeout: Seconds = Field(default=10.0, gt=0, le=600)
     #: The longest pause between attempts to reopen a port that went away.
-    reopen_max: float = Field(default=30.0, gt=0, le=600)
+    reopen_max: Seconds = Field(default=30.0, gt=0, le=600)
 
     @field_validator("port")
     @classmethod

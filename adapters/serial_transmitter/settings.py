@@ -28,7 +28,7 @@ class SerialTransmitterSettings(SerialPortSettings):
     #: Transmitter controllers mostly ship at 9600 baud.
     baudrate: int = 9600
     #: How long Tocsin waits for each acknowledgement before sending the frame again.
-    command_timeout: float = Field(default=2.0, gt=0, le=60)
+    command_timeout: Seconds = Field(default=2.0, gt=0, le=60)
     #: The framing the transmitters speak (``tocsin-v1``, or a vendor profile's name).
     profile: str = DEFAULT_PROFILE
     #: How many times an unanswered frame is sent again before the delivery is retried later.
