@@ -37,11 +37,14 @@ def describe_open_error(exc: BaseException) -> str:
             "attached ones)"
         )
     if code in (errno.EACCES, errno.EPERM) or "Permission denied" in text:
-        return "permission denied (the service user must be in the dialout group)"
+        return (
+            "permission denied (the service user must be in the dialout group, and under "
+            "systemd the unit must allow the device class: DeviceAllow=)"
+        )
     if code in (errno.EAGAIN, errno.EBUSY) or "exclusively lock" in text:
         return (
-            "port is busy: another program has it open (ModemManager, a terminal program, "
-            "a second tocsin?)"
+            "port is busy: another program holds its lock (the running daemon, when this is "
+            "`tocsin adapters probe`? a second tocsin?)"
         )
     if "Inappropriate ioctl" in text or code == errno.ENOTTY:
         return "not a serial device"
