@@ -254,7 +254,7 @@ def build(args: argparse.Namespace, *, link: str) -> BeidouTerminal:
     )
 
 
-def settings_hint(path: str) -> str:
+def settings_hint(path: str, *, device: PtyDevice | None = None) -> str:
     return "\n".join(
         (
             "[adapters.beidou]",

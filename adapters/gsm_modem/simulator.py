@@ -39,7 +39,7 @@ from adapters.gsm_modem.pdu import (
     encode_status_report,
     tpdu_length,
 )
-from adapters.serial_link.pty_device import CTRL_Z, AtDevice
+from adapters.serial_link.pty_device import CTRL_Z, AtDevice, PtyDevice
 from adapters.simulator_args import fraction, seconds
 
 CHINA = timezone(timedelta(hours=8))
@@ -534,7 +534,7 @@ def build(args: argparse.Namespace, *, link: str) -> GsmModemSimulator:
     return device
 
 
-def settings_hint(path: str) -> str:
+def settings_hint(path: str, *, device: PtyDevice | None = None) -> str:
     return "\n".join(
         [
             "[adapters.modem]",

@@ -36,7 +36,7 @@ from adapters.iridium_sbd.compact import (
     sbd_checksum,
     strip_rockblock_prefix,
 )
-from adapters.serial_link.pty_device import AtDevice
+from adapters.serial_link.pty_device import AtDevice, PtyDevice
 from adapters.simulator_args import seconds
 
 DEFAULT_IMEI = "300234010753370"
@@ -360,7 +360,7 @@ def build(args: argparse.Namespace, *, link: str) -> IridiumSimulator:
     return device
 
 
-def settings_hint(path: str) -> str:
+def settings_hint(path: str, *, device: PtyDevice | None = None) -> str:
     return "\n".join(
         (
             "[adapters.satellite]",

@@ -8,7 +8,8 @@ SIGTERM. ``kill -USR1 <pid>`` unplugs the device and plugs it back in (a new pty
 link), ``--unplug-every`` does it on a timer, to rehearse a loose cable.
 
 Each profile lives with its adapter kind (``adapters/<kind>/simulator.py``) and provides
-``add_arguments(parser)``, ``build(args, *, link) -> PtyDevice`` and ``settings_hint(path)``.
+``add_arguments(parser)``, ``build(args, *, link) -> PtyDevice`` and
+``settings_hint(path, *, device=None)`` (the block for the device built, when given).
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ async def _run(device: PtyDevice, module: ModuleType, args: argparse.Namespace) 
             print(
                 f"{device.description} ({args.profile}) on {device.pty_path}, linked from "
                 f"{device.path}",
-                module.settings_hint(device.path).rstrip("\n"),
+                module.settings_hint(device.path, device=device).rstrip("\n"),
                 "kill -USR1 this process to unplug and replug it; Ctrl-C stops",
                 sep="\n",
                 flush=True,

@@ -283,7 +283,14 @@ def build(args: argparse.Namespace, *, link: str) -> TransmitterBusDevice:
     return device
 
 
-def settings_hint(path: str) -> str:
+def settings_hint(path: str, *, device: PtyDevice | None = None) -> str:
+    """The block for this line: its port, and the transmitters the simulator has on it."""
+    ids = (
+        [str(a) for a in sorted(device.transmitters)]
+        if isinstance(device, TransmitterBusDevice)
+        else ["1", "2"]
+    )
+    listed = ", ".join(f'"{i}"' for i in ids)
     return (
         "[adapters.transmitters]\n"
         'kind = "serial_transmitter"\n'
@@ -293,6 +300,6 @@ def settings_hint(path: str) -> str:
         f'port = "{path}"\n'
         "baudrate = 9600\n"
         'profile = "tocsin-v1"\n'
-        'transmitters = ["1", "2"]\n'
+        f"transmitters = [{listed}]\n"
         "command_timeout = 2.0\n"
     )

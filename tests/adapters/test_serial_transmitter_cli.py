@@ -137,3 +137,11 @@ async def test_the_simulator_process_answers_the_adapter(tmp_path: Path) -> None
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
             await process.wait()
+
+
+def test_the_printed_block_lists_the_simulated_transmitters(tmp_path: Path) -> None:
+    argv = ["--profile=transmitter", "--transmitters=3=611002101000;7=611002102000"]
+    parser, _ = parser_for(argv)
+    device = transmitter_profile.build(parser.parse_args(argv), link=str(tmp_path / "tx"))
+    block = tomllib.loads(transmitter_profile.settings_hint(device.path, device=device))
+    assert block["adapters"]["transmitters"]["settings"]["transmitters"] == ["3", "7"]
