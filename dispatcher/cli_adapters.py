@@ -108,7 +108,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for name, factory in sorted(kinds.items()):
         settings = {
             field: {
-                "default": None if info.is_required() else repr(info.default),
+                "default": None
+                if info.is_required()
+                # A list or mapping default is a factory: show what it makes.
+                else repr(info.get_default(call_default_factory=True)),
                 "required": info.is_required(),
             }
             for field, info in factory.settings_model.model_fields.items()

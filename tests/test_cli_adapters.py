@@ -21,7 +21,11 @@ def test_list_shows_installed_kinds_with_channels_and_settings(
     assert simulated["channels"] == ["modem", "sms", "speaker", "transmitter", "voice"]
     assert "ack_probability" in simulated["settings"]
     assert cli_main(["adapters", "list"]) == 0
-    assert "simulated:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "simulated:" in out
+    # A default made by a factory (a list, a mapping) is shown as what it makes.
+    assert "PydanticUndefined" not in out
+    assert "confirm_words (default ['1', '收到', 'Y'])" in out
 
 
 def test_probe_reports_every_configured_instance(capsys: pytest.CaptureFixture[str]) -> None:
