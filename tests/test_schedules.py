@@ -331,7 +331,10 @@ async def test_a_second_runner_cannot_claim_the_same_fire_time(rig: Rig) -> None
     outcomes = [c.outcome for c in caught if c is not None and c.outcome is not None]
     ran = [o.run for o in outcomes if o.run is not None]
     assert len(ran) == 1
-    assert len(outcomes) == 2  # the other found its claim taken
+    # The other either found its claim taken or, when the first had finished before it
+    # looked (a loaded machine), nothing due: never a second run. (The claim alone deciding
+    # is pinned down without a race below.)
+    assert all(o.run is None for o in outcomes if o.run is not ran[0])
     (run,) = await rig.runs()
     assert run.state is RunState.RAN and run.node == ran[0].node
     assert rig.rows("SELECT count(*) FROM warnings") == [(1,)]
