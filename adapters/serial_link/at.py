@@ -176,11 +176,20 @@ class AtChannel:
         goes away meanwhile."""
         seconds = self.command_timeout if within is None else within
         async with self._lock:
-            if not (self.link.ready or (_IN_SETUP.get() and self.link.is_open)):
-                raise PortClosed(f"{self.port}: not ready ({self.last_error})")
+            self._check_ready()
             if self._resync:
+                generation = self.link.generation
                 await self._resynchronise(min(RESYNC_TIMEOUT, seconds))
+                # The port may have gone and come back during the resync's pause: the device
+                # is then being set up again, and this command must not go ahead of that.
+                if self.link.generation != generation:
+                    raise PortClosed(f"{self.port}: reopened while resynchronising")
+                self._check_ready()
             return await self._exchange(command, seconds, payload, prompt, binary_reply)
+
+    def _check_ready(self) -> None:
+        if not (self.link.ready or (_IN_SETUP.get() and self.link.is_open)):
+            raise PortClosed(f"{self.port}: not ready ({self.last_error})")
 
     async def _exchange(
         self, command: str, seconds: float, payload: bytes | None, prompt: bytes, binary: bool
@@ -231,6 +240,8 @@ class AtChannel:
             await self._exchange("AT", seconds, None, b"", False)
         except AtError:
             pass  # it answers (ERROR: leftovers of the old command in its line buffer)
+        except PortClosed:
+            raise
         except SerialLinkError:
             raise ResponseTimeout(f"{self.port}: the device does not answer AT") from None
         # The OK may have been the old command's; this one's then arrives in the pause, with

@@ -6,6 +6,7 @@ open errors that name the port and the cause."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from waiting import wait_until
 
+from adapters.serial_link import at as at_module
 from adapters.serial_link.at import AtChannel, AtError, Urc
 from adapters.serial_link.errors import PortClosed, PortUnavailable, ResponseTimeout
 from adapters.serial_link.lines import LineSplitter
@@ -33,6 +35,9 @@ class Modem(AtDevice):
         self.pdus: list[bytes] = []
         self.slow: dict[str, float] = {}
         self.sbd = b"reply \r\nOK inside"
+        #: Answer AT+SBDRB in two writes, cut after these bytes (an echo or an ERROR cut by
+        #: the UART's read chunks).
+        self.split_sbdrb: tuple[bytes, bytes] | None = None
 
     def handle(self, command: str) -> Sequence[str] | None:
         if command in self.hang:
@@ -54,6 +59,11 @@ class Modem(AtDevice):
             return ["+CREG: 0,1"]
         if command.startswith("AT+CMGS="):
             self.expect_payload(b"\r\n> ", self._pdu, terminator=CTRL_Z)
+            return ()
+        if command == "AT+SBDRB" and self.split_sbdrb is not None:
+            first, rest = self.split_sbdrb
+            self.raw_answer(first)
+            self.reply(rest, delay=0.1)
             return ()
         if command == "AT+SBDRB":
             checksum = (sum(self.sbd) & 0xFFFF).to_bytes(2, "big")
@@ -163,6 +173,34 @@ async def test_a_prompt_that_never_comes_times_out_and_is_cancelled_with_esc(
     assert (await channel.at.command("AT+CREG?")).lines == ("+CREG: 0,1",)
 
 
+def _sbd_block(data: bytes) -> bytes:
+    return len(data).to_bytes(2, "big") + data + (sum(data) & 0xFFFF).to_bytes(2, "big")
+
+
+@pytest.mark.parametrize(
+    ("first", "rest", "error"),
+    [
+        # The echo (a modem that rebooted has it on again) cut after its first bytes.
+        (b"AT+SB", b"DRB\r" + _sbd_block(b"hello") + b"\r\nOK\r\n", False),
+        (b"A", b"T+SBDRB\r" + _sbd_block(b"hello") + b"\r\nOK\r\n", False),
+        # An error answer instead of the block, cut in the middle of its word.
+        (b"ER", b"ROR\r\n", True),
+        (b"+CM", b"E ERROR: 100\r\n", True),
+    ],
+)
+async def test_binary_block_answer_split_across_reads(
+    channel: Channel, modem: Modem, first: bytes, rest: bytes, error: bool
+) -> None:
+    modem.split_sbdrb = (first, rest)
+    async with asyncio.timeout(3):
+        if error:
+            with pytest.raises(AtError):
+                await channel.at.command("AT+SBDRB", binary_reply=True)
+        else:
+            reply = await channel.at.command("AT+SBDRB", binary_reply=True)
+            assert reply.binary == b"hello"
+
+
 async def test_binary_block(channel: Channel, modem: Modem) -> None:
     reply = await channel.at.command("AT+SBDRB", binary_reply=True)
     assert reply.binary == modem.sbd, "CR LF and OK inside the block are data, not lines"
@@ -192,6 +230,30 @@ async def test_a_late_answer_is_not_taken_for_the_next_command(
     await asyncio.sleep(0.35)  # the late answer arrives during or before the resync
     reply = await channel.at.command("AT+CREG?")
     assert reply.lines == ("+CREG: 0,1",)
+
+
+async def test_a_command_is_never_written_to_a_reopened_device_before_its_set_up(
+    modem: Modem, channel: Channel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a timeout the next command resynchronises first; if the device goes away and comes
+    # back meanwhile (the quiet pause after the resync's OK), the command must not go to the
+    # new device ahead of its set-up (echo off, PDU mode, the PIN…).
+    monkeypatch.setattr(at_module, "RESYNC_QUIET", 0.5)
+    modem.hang.add("AT+HANG")
+    with pytest.raises(ResponseTimeout):
+        await channel.at.command("AT+HANG", within=0.1)
+    before = len(modem.commands)
+    pending = asyncio.create_task(channel.at.command("AT+CREG?", within=2))
+    await wait_until(lambda: modem.commands[before:] == ["AT"], within=2, what="the resync")
+    modem.unplug()
+    modem.replug()
+    async with asyncio.timeout(3):
+        with contextlib.suppress(PortClosed):
+            await pending
+        assert await channel.at.wait_ready(3)
+    after_replug = modem.commands[before + 1 :]
+    assert after_replug[:1] == ["ATE0"], after_replug
+    assert channel.opens == 2
 
 
 async def test_a_silent_device_times_out_every_command_and_never_hangs(
