@@ -303,7 +303,9 @@ class SerialTransmitterAdapter:
     def _content(self, d: Dispatch, detail: dict[str, Any]) -> Content:
         clips = self._settings.audio_clips
         clip = clips.get(d.warning.event, clips.get(d.warning.level.value))
-        if clip is not None:
+        # A stored clip is the real thing (a siren, a recorded evacuation order): a Test or
+        # Exercise says its text, which is marked as one, never the clip.
+        if clip is not None and d.warning.status is Status.ACTUAL:
             detail["audio_id"] = clip
             return Content.of_audio(clip)
         text = d.text or d.warning.headline

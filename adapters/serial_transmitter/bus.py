@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import structlog
@@ -29,6 +30,13 @@ from adapters.serial_transmitter.messages import (
 from adapters.serial_transmitter.profiles import FrameDecoder, FramingProfile
 
 log = structlog.get_logger(__name__)
+
+#: Sequence numbers of the last commands to each transmitter that a new command never reuses:
+#: a transmitter takes a frame with the SEQ of the last command it acted on for a resend and
+#: does not broadcast it (PROTOCOL.md), and the one counter of the bus wraps every 65536
+#: commands (hours, with status polls of many transmitters). Several, not one: the last
+#: commands sent may never have reached it, and it still remembers an older one.
+RECENT_SEQS = 8
 
 
 class NoAnswer(Exception):
@@ -87,6 +95,8 @@ class TransmitterBus:
         # A random start: a transmitter that remembers the last sequence number of an earlier
         # run must not take the first command of this one for a resend.
         self._seq = random.randrange(profile.seq_modulus)  # noqa: S311 — not security
+        #: Line address → the sequence numbers of the last commands sent to it.
+        self._recent: dict[int, deque[int]] = {}
         self._awaited: tuple[int, int] | None = None
         self._answer: asyncio.Future[Received | Garbled] | None = None
         self.counters = LineCounters()
@@ -133,9 +143,9 @@ class TransmitterBus:
         is not open or goes away meanwhile, ``ProtocolError`` when the command cannot be
         framed."""
         async with self._lock:
-            self._seq = (self._seq + 1) % self.profile.seq_modulus
-            seq = self._seq
+            seq = self._next_seq(address)
             frame = self.profile.encode_command(command, seq=seq, address=address)
+            self._recent.setdefault(address, deque(maxlen=RECENT_SEQS)).append(seq)
             self.counters.commands += 1
             started = time.monotonic()
             garbled = 0
@@ -177,6 +187,15 @@ class TransmitterBus:
                 sends=sends,
                 garbled=garbled,
             )
+
+    def _next_seq(self, address: int) -> int:
+        """The next sequence number that is none of the last ones sent to ``address``."""
+        recent = self._recent.get(address, ())
+        for _ in range(self.profile.seq_modulus):  # bounded: a profile with few numbers
+            self._seq = (self._seq + 1) % self.profile.seq_modulus
+            if self._seq not in recent:
+                break
+        return self._seq
 
     # -- the link's callbacks ---------------------------------------------------------------------
     async def _on_open(self) -> None:

@@ -247,6 +247,30 @@ async def test_text_encoding_cut_and_stored_clips(line: TransmitterBusDevice) ->
     assert second.detail["audio_id"] == 7
 
 
+@pytest.mark.parametrize("status", [Status.TEST, Status.EXERCISE, Status.DRAFT])
+async def test_a_test_never_broadcasts_a_stored_clip_of_the_real_warning(
+    line: TransmitterBusDevice, status: Status
+) -> None:
+    # A stored clip is the real thing (a siren, a recorded evacuation order): a test of that
+    # event says its text, which is marked as a test, never the clip.
+    adapter = SerialTransmitterAdapter(
+        name="t", settings=settings_for(line, audio_clips={"山洪": 7, "red": 1})
+    )
+    await adapter.start(RecordingContext(name="transmitters"))
+    try:
+        async with asyncio.timeout(3):
+            (outcome,) = await adapter.send(
+                [dispatch(1, w=warning("w9", event="山洪", status=status), text="【测试】" + TEXT)]
+            )
+    finally:
+        await adapter.stop()
+    assert isinstance(outcome, Accepted)
+    (test,) = line[1].broadcasts
+    assert test.kind is CommandKind.TEST
+    assert test.content == Content(ContentKind.TEXT_GB18030, "【测试】" + TEXT)
+    assert "audio_id" not in outcome.detail
+
+
 async def test_directory_addresses_mapped_to_line_ids(line: TransmitterBusDevice) -> None:
     adapter = SerialTransmitterAdapter(
         name="t",
@@ -666,3 +690,26 @@ def test_settings_validation() -> None:
         SerialTransmitterSettings.model_validate({"port": "/dev/ttyUSB0", "max_text_bytes": 5000})
     with pytest.raises(ValidationError, match="not a device path"):
         SerialTransmitterSettings.model_validate({"port": "ttyUSB0"})
+
+
+async def test_a_new_command_never_reuses_the_sequence_number_a_transmitter_remembers(
+    started: tuple[SerialTransmitterAdapter, RecordingContext], line: TransmitterBusDevice
+) -> None:
+    # The sequence number is one counter for the whole bus: status polls of many transmitters
+    # wrap it every few hours. A transmitter takes a command with the SEQ of the last one it
+    # acted on for a resend and does not broadcast it: a new warning must never get it.
+    adapter, _ = started
+    bus = adapter.bus
+    assert bus is not None
+    async with asyncio.timeout(3):
+        (first,) = await adapter.send([dispatch(1)])
+    assert isinstance(first, Accepted)
+    remembered = line[1].last
+    assert remembered is not None
+    # 65535 commands later (polls of the other transmitters), the counter is back there.
+    bus._seq = (remembered[0] - 1) % 0x1_0000
+    async with asyncio.timeout(3):
+        (second,) = await adapter.send([dispatch(2, w=warning("w2"))])
+    assert isinstance(second, Accepted)
+    assert [c.warning_id for c in line[1].broadcasts] == ["w1", "w2"]
+    assert line[1].duplicates == 0
