@@ -292,8 +292,10 @@ class BeidouRdssAdapter:
         except ResponseTimeout as exc:
             self.counters["timeouts"] += 1
             # It may have transmitted: keep the next one an interval away, so a late feedback
-            # finds nobody waiting rather than being taken for the next message's.
-            self._next_slot = time.monotonic() + self._gap()
+            # finds nobody waiting rather than being taken for the next message's — and at
+            # least another timeout away when the card has no (or a short) interval.
+            pause = max(self._gap(), self._settings.command_timeout)
+            self._next_slot = time.monotonic() + pause
             return Retry(str(exc), after=1.0), True
         assert isinstance(answer, Feedback)  # noqa: S101 — routed by kind
         now = time.monotonic()

@@ -451,6 +451,24 @@ async def test_silence_times_out_and_the_next_send_is_paced(
     assert len(terminal.requests) == 1
 
 
+async def test_a_late_feedback_is_not_taken_for_the_next_message_without_an_interval(
+    terminal: BeidouTerminal, make: AdapterFactory
+) -> None:
+    # A card without a service interval (0: a commander card, or send_interval = 0) leaves no
+    # pause after a timeout: the late "$BDFKI,TXA,Y" of the first message must not answer the
+    # second, which the terminal refuses.
+    terminal.interval = 0.0
+    adapter, _ = await _started(make, command_timeout=0.5)
+    terminal.latency = 0.8
+    [first] = await _send(adapter, _dispatch(TOWN, 1))
+    assert isinstance(first, Retry)
+    assert len(terminal.transmitted) == 1  # it did go out; its feedback is on its way
+    terminal.refuse = Suppression.SYSTEM
+    [second] = await _send(adapter, _dispatch(VILLAGE, 2))
+    assert not isinstance(second, Accepted), "the first message's feedback taken for this one"
+    assert len(terminal.transmitted) == 1
+
+
 async def test_a_silent_terminal_is_not_ready_at_start(
     terminal: BeidouTerminal, make: AdapterFactory
 ) -> None:
