@@ -42,6 +42,8 @@ _FINAL_ERROR_CODE = re.compile(r"^\+(CMS|CME) ERROR:\s*(.*)$")
 _RESPONSE_NAME = re.compile(r"^AT([+^$&%][A-Z0-9]+)", re.IGNORECASE)
 #: Lines longer than this are noise, not modem output.
 MAX_LINE = 4096
+#: The longest binary block a device sends (Iridium MT messages: 1,890 bytes).
+MAX_BLOCK = 2047
 ESC = b"\x1b"
 #: How long the resynchronising ``AT`` after a timeout may take.
 RESYNC_TIMEOUT = 2.0
@@ -332,8 +334,24 @@ class AtChannel:
         if bytes(self._buffer[:1]) in (b"\r", b"\n"):
             del self._buffer[:1]
             return True
-        if self._buffer.startswith(b"ERROR") or self._buffer.startswith(b"+CME"):
+        if self._buffer.startswith((b"ERROR", b"+CME", b"+CMS")):
             pending.binary = False  # an error result instead of a block: read it as a line
+            return True
+        if self._buffer[0] > MAX_BLOCK >> 8:
+            # No block is that long (SBD messages are under 2 KB): text, e.g. a late answer
+            # to an earlier command. Dropped as a line, not read as a 20 KB length.
+            end = _line_end(self._buffer)
+            if end is None:
+                if len(self._buffer) <= MAX_LINE:
+                    return False
+                self._buffer.clear()  # noise
+                return True
+            log.warning(
+                "line before a binary block dropped",
+                adapter=self._name,
+                line=bytes(self._buffer[:end])[:40].decode("ascii", errors="replace"),
+            )
+            del self._buffer[: end + 1]
             return True
         if len(self._buffer) < 2:
             return False

@@ -398,3 +398,20 @@ async def test_a_cancelled_command_does_not_leave_its_answer_for_the_next(
         await pending
     await asyncio.sleep(0.3)
     assert (await channel.at.command("AT+CREG?")).lines == ("+CREG: 0,1",)
+
+
+async def test_a_stray_line_before_a_binary_block_is_not_read_as_its_length(
+    modem: Modem, channel: Channel
+) -> None:
+    """A late answer to an earlier command arriving on its own just before AT+SBDRB's block:
+    'OK' is no 20 KB length."""
+    checksum = (sum(modem.sbd) & 0xFFFF).to_bytes(2, "big")
+    block = len(modem.sbd).to_bytes(2, "big") + modem.sbd + checksum + b"\r\nOK\r\n"
+    modem.hang.add("AT+SBDRB")  # answered by hand below, in two chunks
+    pending = asyncio.create_task(channel.at.command("AT+SBDRB", binary_reply=True, within=2))
+    await wait_until(lambda: "AT+SBDRB" in modem.commands, within=2, what="the command")
+    modem.reply(b"OK\r\n")
+    await asyncio.sleep(0.05)
+    modem.reply(block)
+    reply = await pending
+    assert reply.binary == modem.sbd
