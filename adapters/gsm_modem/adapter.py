@@ -19,7 +19,7 @@ import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -88,6 +88,11 @@ _MAX_AWAITING = 4096
 _MAX_RECENT = 20_000
 #: What is remembered of a delivery outlives its warning by this much (late replies).
 _KEEP_AFTER_EXPIRY = 600.0
+#: A status report naming a reference not (yet) known is kept this long, at most this many:
+#: some modems put the ``+CDS`` on the line before the ``+CMGS: <mr>`` it reports on. Short
+#: enough that references (0-255, at most 120 sends a minute) cannot have wrapped meanwhile.
+_EARLY_REPORT_WINDOW = 60.0
+_MAX_EARLY_REPORTS = 64
 _REINIT_ATTEMPTS = 5
 
 
@@ -97,16 +102,21 @@ class SetupError(Exception):
 
 @dataclass(slots=True)
 class _Message:
-    """A message awaiting its parts' status reports."""
+    """A message awaiting its parts' status reports. Each part is awaited from its own
+    ``+CMGS`` answer on: a part's report can come while the next part is still going out."""
 
     delivery_id: int
     address: str
     number: str
     warning_id: str
-    mrs: tuple[int, ...]
+    mrs: list[int]
     sent_at: float
     delivered: set[int] = field(default_factory=set)
     finished: bool = False
+    #: Every part has been accepted by the SMS centre (until then "all delivered" is not).
+    complete: bool = False
+    #: The newest "completed" status report of a part.
+    last_report: StatusReport | None = None
 
 
 @dataclass(slots=True)
@@ -149,6 +159,7 @@ class GsmModemAdapter:
         self._channel: AtChannel | None = None
         self._confirm = {normalise_reply(w) for w in settings.confirm_words}
         self._awaiting: OrderedDict[tuple[int, str], _Message] = OrderedDict()
+        self._early: OrderedDict[tuple[int, str], tuple[StatusReport, float]] = OrderedDict()
         self._recent: OrderedDict[str, _Open] = OrderedDict()
         self._reassembler = Reassembler()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -428,8 +439,16 @@ class GsmModemAdapter:
         detail: dict[str, Any] = {"parts": len(pdus), "encoding": encoding}
         if text != original:
             detail["shortened"] = True
-        mrs: list[int] = []
+        message = _Message(
+            dispatch.delivery_id, dispatch.address, number, dispatch.warning.id, [], time.time()
+        )
+        mrs = message.mrs
         for pdu in pdus:
+            blocked = await self._restarting()
+            if blocked is not None:
+                self._abandon(message)
+                detail["parts_sent"] = len(mrs)
+                return replace(blocked, detail=detail), True
             try:
                 reply = await channel.command(
                     f"AT+CMGS={pdu.length}",
@@ -437,21 +456,31 @@ class GsmModemAdapter:
                     within=self.settings.submit_timeout,
                 )
             except AtError as exc:
+                self._abandon(message)
                 return self._send_error(exc, detail, sent=len(mrs))
             except ResponseTimeout as exc:
+                self._abandon(message)
                 detail["parts_sent"] = len(mrs)
                 return Retry(str(exc), after=10, detail=detail), True
             except PortClosed as exc:
+                self._abandon(message)
                 detail["parts_sent"] = len(mrs)
                 return Retry(str(exc), after=5, detail=detail), True
             mr = _message_reference(reply)
             if mr is None:
+                self._abandon(message)
                 detail["parts_sent"] = len(mrs)
                 return Retry("the modem's answer to AT+CMGS had no reference", detail=detail), False
-            mrs.append(mr)
             self.counters.parts_sent += 1
-        self._remember(dispatch, number, tuple(mrs))
-        detail["mr"] = mrs
+            if not mrs:
+                # From the first part on, the person may answer it: a reply "1" now is for
+                # this delivery, not for the previous one to the same number.
+                self._remember_recipient(dispatch, number)
+            mrs.append(mr)
+            self._await_part(message, mr)
+        message.complete = True
+        self._check_delivered(message, None)
+        detail["mr"] = list(mrs)
         reference = f"mr={','.join(str(m) for m in mrs)};t={int(time.time() * 1000)}"
         return Accepted(reference=reference, detail=detail), False
 
@@ -483,18 +512,45 @@ class GsmModemAdapter:
             log.warning("modem cannot send", adapter=self._name, error=reason)
         return outcome, verdict.modem_problem
 
-    def _remember(self, dispatch: Dispatch, number: str, mrs: tuple[int, ...]) -> None:
-        now = time.time()
-        message = _Message(
-            dispatch.delivery_id, dispatch.address, number, dispatch.warning.id, mrs, now
-        )
-        if self.settings.status_reports:
-            for mr in mrs:
-                key = (mr, number)
-                self._awaiting.pop(key, None)  # a reference reused: the newer send wins
-                self._awaiting[key] = message
-            while len(self._awaiting) > _MAX_AWAITING:
-                self._awaiting.popitem(last=False)
+    async def _restarting(self) -> Retry | None:
+        """Waits (bounded) for a re-initialisation under way before a part goes out: a modem
+        that restarted is in text mode without ``+CDS`` routing until it is set up again."""
+        reinit = self._reinit
+        if reinit is None or reinit.done():
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.command_timeout):
+                await asyncio.shield(reinit)
+        if not reinit.done():
+            return Retry("the modem restarted and is being set up again", after=5)
+        channel = self._channel
+        if channel is None or not channel.ready:
+            return Retry("the modem restarted and its port is being reopened", after=5)
+        return None
+
+    def _await_part(self, message: _Message, mr: int) -> None:
+        """Await the status report of a part the SMS centre just accepted (or take the one
+        that came before the ``+CMGS`` answer)."""
+        if not self.settings.status_reports:
+            return
+        key = (mr, message.number)
+        self._awaiting.pop(key, None)  # a reference reused: the newer send wins
+        self._awaiting[key] = message
+        while len(self._awaiting) > _MAX_AWAITING:
+            self._awaiting.popitem(last=False)
+        early = self._early.pop(key, None)
+        if early is not None and time.monotonic() - early[1] <= _EARLY_REPORT_WINDOW:
+            self.counters.unmatched_reports -= 1  # counted when it came: matched after all
+            self._on_status_report(early[0], again=True)
+
+    def _abandon(self, message: _Message) -> None:
+        """A send that ends in Retry/Failed: its parts' reports are no longer awaited."""
+        message.finished = True
+        for mr in message.mrs:
+            if self._awaiting.get((mr, message.number)) is message:
+                del self._awaiting[(mr, message.number)]
+
+    def _remember_recipient(self, dispatch: Dispatch, number: str) -> None:
         self._recent.pop(number, None)
         self._recent[number] = _Open(
             dispatch.delivery_id,
@@ -513,6 +569,14 @@ class GsmModemAdapter:
             (k, m) for k, m in self._awaiting.items() if m.sent_at >= horizon and not m.finished
         )
         self._recent = OrderedDict((n, o) for n, o in self._recent.items() if o.keep_until > now)
+        self._prune_early()
+
+    def _prune_early(self) -> None:
+        horizon = time.monotonic() - _EARLY_REPORT_WINDOW
+        while self._early and (
+            len(self._early) > _MAX_EARLY_REPORTS or next(iter(self._early.values()))[1] < horizon
+        ):
+            self._early.popitem(last=False)
 
     # -- what the modem says by itself ------------------------------------------------------------
     def _on_urc(self, urc: Urc) -> None:
@@ -577,13 +641,19 @@ class GsmModemAdapter:
         except PduError:
             return address
 
-    def _on_status_report(self, report: StatusReport) -> None:
-        self.counters.status_reports += 1
+    def _on_status_report(self, report: StatusReport, *, again: bool = False) -> None:
+        if not again:
+            self.counters.status_reports += 1
         number = self._number(report.recipient)
         key = (report.reference, number)
         message = self._awaiting.get(key)
         if message is None or message.finished:
             self.counters.unmatched_reports += 1
+            if message is None:
+                # Perhaps its +CMGS answer is still to come: kept a short while for it.
+                self._early.pop(key, None)
+                self._early[key] = (report, time.monotonic())
+                self._prune_early()
             log.info(
                 "status report for no message awaiting one",
                 adapter=self._name,
@@ -605,19 +675,8 @@ class GsmModemAdapter:
         detail = {"mr": report.reference, "tp_st": f"0x{report.status:02X}"}
         if outcome is DeliveryStatus.COMPLETED:
             message.delivered.add(report.reference)
-            if len(message.delivered) < len(message.mrs):
-                return
-            message.finished = True
-            self._report(
-                Report(
-                    ReportState.DELIVERED,
-                    delivery_id=message.delivery_id,
-                    from_address=message.address,
-                    at=_timestamp(report),
-                    reason=report.reason,
-                    detail={**detail, "parts": len(message.mrs)},
-                )
-            )
+            message.last_report = report
+            self._check_delivered(message, report)
             return
         message.finished = True
         for mr in message.mrs:
@@ -631,6 +690,29 @@ class GsmModemAdapter:
                 reason=f"SMS centre: {report.reason}",
                 retryable=report.retryable,
                 detail=detail,
+            )
+        )
+
+    def _check_delivered(self, message: _Message, report: StatusReport | None) -> None:
+        """Report the message delivered once every part of it is, and all are sent."""
+        if message.finished or not message.complete or not message.mrs:
+            return
+        if not message.delivered.issuperset(message.mrs):
+            return
+        message.finished = True
+        last = report or message.last_report
+        self._report(
+            Report(
+                ReportState.DELIVERED,
+                delivery_id=message.delivery_id,
+                from_address=message.address,
+                at=None if last is None else _timestamp(last),
+                reason="" if last is None else last.reason,
+                detail={
+                    "mr": message.mrs[-1] if last is None else last.reference,
+                    "tp_st": "0x00" if last is None else f"0x{last.status:02X}",
+                    "parts": len(message.mrs),
+                },
             )
         )
 

@@ -601,3 +601,81 @@ async def test_probe_of_a_missing_port(tmp_path: Path) -> None:
 
 def test_csq_to_dbm() -> None:
     assert [csq_dbm(v) for v in (0, 1, 21, 31, 99, None)] == [-113, -111, -71, -51, None, None]
+
+
+# -- races between status reports, replies and sends in flight ---------------------------------
+async def test_a_parts_report_arriving_while_later_parts_are_sent_still_counts(
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
+) -> None:
+    # A satellite phone takes a while per part: part 1's +CDS comes while part 2 is in flight.
+    adapter, context = started
+    modem.submit_delay = 0.2
+    async with asyncio.timeout(5):
+        [outcome] = await adapter.send([to_person(8)])
+    assert isinstance(outcome, Accepted)
+    assert outcome.detail["parts"] == 3
+    await wait_until(
+        lambda: reports_of(context, ReportState.DELIVERED), within=3, what="a delivered report"
+    )
+    assert adapter.counters.unmatched_reports == 0
+
+
+async def test_a_report_overtaking_the_cmgs_answer_still_counts(
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
+) -> None:
+    # Some modems put the +CDS on the line before the +CMGS: <mr> of the same message.
+    adapter, context = started
+    modem.submit_delay = 0.3
+    loop = asyncio.get_running_loop()
+    modem.report_later = lambda part: loop.call_later(  # type: ignore[method-assign]
+        0.05, modem._status_report, part, 0x00
+    )
+    async with asyncio.timeout(5):
+        [outcome] = await adapter.send([to_person(9, text="测试")])
+    assert isinstance(outcome, Accepted)
+    await wait_until(
+        lambda: reports_of(context, ReportState.DELIVERED), within=3, what="a delivered report"
+    )
+    [delivered] = context.reports
+    assert delivered.delivery_id == 9
+
+
+async def test_a_reply_while_the_new_message_is_still_going_out_confirms_the_new_one(
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
+) -> None:
+    adapter, context = started
+    async with asyncio.timeout(5):
+        [first] = await adapter.send([to_person(1, text="测试")])
+        assert isinstance(first, Accepted)
+        modem.submit_delay = 0.3
+        sending = asyncio.ensure_future(adapter.send([to_person(2)]))
+        # The person has the first part of warning 2 and answers it before the rest is out.
+        await wait_until(lambda: len(modem.sent) >= 3, within=3, what="part 1 of delivery 2")
+        modem.receive_sms(PERSON, "1")
+        await wait_until(
+            lambda: reports_of(context, ReportState.ACKNOWLEDGED), within=3, what="an ack"
+        )
+        [second] = await sending
+    assert isinstance(second, Accepted)
+    [ack] = reports_of(context, ReportState.ACKNOWLEDGED)
+    assert ack.delivery_id == 2
+
+
+async def test_a_modem_restart_mid_batch_waits_for_the_new_set_up(
+    started: tuple[GsmModemAdapter, RecordingContext], modem: GsmModemSimulator
+) -> None:
+    adapter, _ = started
+    modem.submit_delay = 0.5  # the reset surely comes while the first +CMGS is in flight
+    async with asyncio.timeout(5):
+        sending = asyncio.ensure_future(
+            adapter.send([to_person(i, text="测试") for i in (1, 2, 3)])
+        )
+        await wait_until(lambda: modem.sent, within=3, what="the first message out")
+        modem.reset()  # while the first +CMGS is in flight
+        outcomes = await sending
+    # Nothing is written to a modem half set up (text mode, no +CDS routing): the batch waits
+    # for the set-up, then goes on.
+    assert [type(o) for o in outcomes] == [Accepted, Accepted, Accepted], outcomes
+    restart = len(modem.commands) - modem.commands[::-1].index("ATE0") - 1
+    cnmi = modem.commands.index("AT+CNMI=2,2,0,1,0", restart)
+    assert not any(c.startswith("AT+CMGS") for c in modem.commands[restart:cnmi])
