@@ -5,8 +5,10 @@ Each dispatch is one SBD session, one at a time (the transceiver holds one MO me
 one session; the gateway dislikes being hammered, so sessions are paced — ``send_rate()``):
 
 1. ``AT+CSQ``: with fewer bars than ``min_signal`` no session is tried (Retry, no credit spent).
-2. ``AT+SBDWB=<n>``, ``READY``, the compact warning (compact.py; ≤ 340 bytes with any routing
-   prefix) and its 2-byte checksum; the transceiver answers 0 (written), 1, 2 or 3.
+2. ``AT+SBDWB=<n>``, ``READY``, the compact warning (compact.py; ≤ 270 bytes with any routing
+   prefix: the terminal receives it as an MT message, and a 9602/9603 takes no more, although
+   an MO message may be 340) and its 2-byte checksum; the transceiver answers 0 (written), 1,
+   2 or 3.
 3. ``AT+SBDIX``: the session. MO status 0-4 is Accepted with the MOMSN as its reference (and
    ``AT+SBDD0`` clears the MO buffer, so a later mailbox check cannot send it twice); the other
    codes are Retry (with Iridium's cause and a pause that suits it) or Failed (status.py).
@@ -38,6 +40,7 @@ import structlog
 
 from adapters.iridium_sbd.compact import (
     MO_LIMIT,
+    MT_LIMIT,
     CompactError,
     decode_reply,
     encode_warning,
@@ -87,6 +90,12 @@ _MAILBOX_ROUNDS = 10
 _MAILBOX_RETRIES = 5
 #: Retry pause when the port is gone (it is being reopened).
 _PORT_RETRY = 5.0
+#: The largest message a village terminal can be given, routing prefix included: the gateway
+#: hands it over as a mobile-terminated message, and a 9602/9603 takes at most 270 bytes of
+#: those (an MO message of up to 340 bytes is accepted, and then never delivered).
+DELIVERABLE = min(MO_LIMIT, MT_LIMIT)
+#: Reads of a received MT message (``AT+SBDRB``) before it is given up.
+_MT_READS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +177,9 @@ class IridiumSbdAdapter:
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, context: AdapterContext) -> None:
         self._context = context
+        # A fresh lock per run: a session task that stop() cancelled before it ran never
+        # released the old one.
+        self._session = asyncio.Lock()
         channel = self._new_channel(self._on_urc, setup=True)
         self._channel = channel
         try:
@@ -340,7 +352,7 @@ class IridiumSbdAdapter:
             areas=(d.area_code, *w.area_codes),
             text=d.text or w.headline,
             references=w.references,
-            limit=MO_LIMIT - len(prefix),
+            limit=DELIVERABLE - len(prefix),
         )
 
     async def _outcome(
@@ -414,9 +426,31 @@ class IridiumSbdAdapter:
 
     # -- replies --------------------------------------------------------------------------------
     async def _read_mt(self, channel: AtChannel, result: SbdixResult) -> None:
-        reply = await channel.command("AT+SBDRB", binary_reply=True)
-        data = reply.binary or b""
-        self._on_mt(data, result.mtmsn)
+        """Read the MT message a session brought. It stays in the transceiver's MT buffer, so
+        a read spoilt by line noise is tried again; a read that fails loses the reply but never
+        the session's own result (an MO message that went must not be sent twice)."""
+        why = ""
+        for attempt in range(1, _MT_READS + 1):
+            try:
+                reply = await channel.command("AT+SBDRB", binary_reply=True)
+            except PortClosed as exc:
+                why = str(exc)
+                break
+            except SerialLinkError as exc:
+                why = str(exc)
+                log.warning(
+                    "reading a reply failed", adapter=self._name, attempt=attempt, error=why
+                )
+                continue
+            self._on_mt(reply.binary or b"", result.mtmsn)
+            return
+        self.counters.malformed += 1
+        log.warning(
+            "a reply from a terminal could not be read and is lost",
+            adapter=self._name,
+            mtmsn=result.mtmsn,
+            error=why,
+        )
 
     def _on_mt(self, data: bytes, mtmsn: int) -> None:
         self.counters.replies += 1

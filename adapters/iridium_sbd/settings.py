@@ -28,7 +28,7 @@ class IridiumSbdSettings(SerialPortSettings):
     #: another's message knows it is not asked to confirm. ``rockblock``: Rock7's gateway
     #: forwards a message that starts with ``RB`` + the destination's 7-digit serial to that
     #: RockBLOCK (same delivery group), so each message goes to one terminal; the 9 bytes come
-    #: out of the 340.
+    #: out of the 270 a terminal can receive.
     routing: Routing = "provisioned"
     #: For ``rockblock``: each terminal's IMEI (the directory address) → its RockBLOCK serial.
     rockblock_serials: dict[str, str] = Field(default_factory=dict)

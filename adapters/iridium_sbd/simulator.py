@@ -101,6 +101,8 @@ class IridiumSimulator(AtDevice):
         self.reply_delay = 0.0
         #: What the gateway took, in order.
         self.gateway: list[GatewayMessage] = []
+        #: What the gateway took but could not hand a 9602/9603 terminal (over 270 bytes).
+        self.undeliverable: list[GatewayMessage] = []
         #: Replies waiting at the gateway for this transceiver (mobile-terminated).
         self.mt_queue: deque[bytes] = deque()
         self.sessions = 0
@@ -270,7 +272,11 @@ class IridiumSimulator(AtDevice):
         momsn = self.momsn
         if self.mo_buffer:
             self.gateway.append(GatewayMessage(momsn, self.mo_buffer))
-            self._terminal_reads(self.mo_buffer)
+            if len(self.mo_buffer) > MT_LIMIT:
+                # A terminal gets it as an MT message: the gateway cannot deliver it.
+                self.undeliverable.append(self.gateway[-1])
+            else:
+                self._terminal_reads(self.mo_buffer)
             self.momsn = (self.momsn + 1) % 65536
         mt_status, mt_length = 0, 0
         if self.mt_queue:

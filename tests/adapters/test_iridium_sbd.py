@@ -22,6 +22,7 @@ from adapters.iridium_sbd.adapter import IridiumSbdAdapter
 from adapters.iridium_sbd.compact import (
     CONFIRM_TAIL,
     MO_LIMIT,
+    MT_LIMIT,
     encode_reply,
     sbd_checksum,
     warning_ref,
@@ -547,3 +548,65 @@ def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="session_timeout"):
         IridiumSbdSettings(port="/dev/ttyUSB0", session_timeout=5, command_timeout=10)
     assert IridiumSbdSettings(port="/dev/ttyUSB0").baudrate == 19200
+
+
+# -- what a 9602/9603 terminal can receive -----------------------------------------------------
+async def test_a_long_warning_fits_what_the_terminal_can_receive(
+    started: tuple[IridiumSbdAdapter, RecordingContext], device: IridiumSimulator
+) -> None:
+    # The gateway hands the village terminal the message as a mobile-terminated one: a
+    # 9602/9603 takes at most 270 bytes, so a longer MO message never reaches it.
+    adapter, context = started
+    device.auto_reply = True
+    long_text = "【红色预警】" + "山洪泥石流风险极高，请立即向高处转移。" * 30 + CONFIRM_TAIL
+    outcome = await send_one(adapter, dispatch(text=long_text))
+    assert isinstance(outcome, Accepted)
+    assert outcome.detail["bytes"] <= MT_LIMIT
+    decoded = device.warnings()[0]
+    assert decoded.text.endswith("…" + CONFIRM_TAIL)
+    await wait_until(lambda: bool(context.reports), within=5, what="the terminal's confirmation")
+    assert context.reports[0].delivery_id == 101
+
+
+async def test_rockblock_routing_fits_the_prefix_and_warning_in_an_mt_message(
+    device: IridiumSimulator,
+) -> None:
+    settings = settings_for(device, routing="rockblock", rockblock_serials={TERMINAL: "1234"})
+    adapter = IridiumSbdAdapter(name="satellite", settings=settings)
+    await adapter.start(RecordingContext(name="satellite"))
+    try:
+        assert isinstance(await send_one(adapter, dispatch(text="暴雨" * 400)), Accepted)
+    finally:
+        await adapter.stop()
+    (got,) = device.gateway
+    assert got.data.startswith(b"RB0001234T")
+    assert len(got.data) <= MT_LIMIT
+
+
+async def test_a_reply_that_cannot_be_read_does_not_undo_a_sent_warning(
+    started: tuple[IridiumSbdAdapter, RecordingContext],
+    device: IridiumSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The MO message went (status 0) and a reply came back with the session; reading it
+    # (AT+SBDRB) hits line noise once. The warning is sent — a Retry would send it twice —
+    # and the reply, still in the transceiver's MT buffer, is read again.
+    adapter, context = started
+    device.ring_alerts = False
+    device.queue_reply(encode_reply(delivery_id=7, ref=warning_ref("w0"), imei=OTHER_TERMINAL))
+    original = device.handle
+    noisy = [True]
+
+    def handle(command: str) -> object:
+        if command.upper() == "AT+SBDRB" and noisy and noisy.pop():
+            block = len(device.mt_buffer).to_bytes(2, "big") + device.mt_buffer
+            device.raw_answer(block + b"\x00\x00\r\nOK\r\n")  # a wrong checksum
+            return ()
+        return original(command)
+
+    monkeypatch.setattr(device, "handle", handle)
+    outcome = await send_one(adapter, dispatch(101))
+    assert isinstance(outcome, Accepted), outcome
+    assert len(device.gateway) == 1
+    await wait_until(lambda: bool(context.reports), within=5, what="the reply read again")
+    assert context.reports[0].delivery_id == 7
