@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -165,6 +166,7 @@ class GsmModemAdapter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reinit: asyncio.Task[None] | None = None
         self._init_lock = asyncio.Lock()
+        self._storage_lock = asyncio.Lock()
         self._pin_refused = False
         self._concat_reference = int(time.time()) % 256
         self._registered_at = -1e9
@@ -586,8 +588,9 @@ class GsmModemAdapter:
                 self._inbound_pdu(urc.extra[0], _last_number(line))
         elif line.startswith(("+CMTI:", "+CDSI:")):
             index = _last_number(line)
+            storage = _storage_named(line)
             if index is not None:
-                self._spawn(self._read_stored(index), f"read-{index}")
+                self._spawn(self._read_stored(index, storage), f"read-{storage}-{index}")
         elif line.startswith(_RESTART_MARKERS):
             self._modem_restarted(line)
         else:
@@ -620,18 +623,25 @@ class GsmModemAdapter:
             size=len(pdu),
         )
 
-    async def _read_stored(self, index: int) -> None:
-        """A message or report the modem stored (``+CMTI`` / ``+CDSI``): read, then delete."""
+    async def _read_stored(self, index: int, storage: str | None) -> None:
+        """A message or report the modem stored (``+CMTI`` / ``+CDSI``): read, then delete —
+        in the storage the announcement names (``"SR"``, ``"ME"``…): AT+CMGR reads whichever
+        storage AT+CPMS chose last, where the same index may hold another message."""
         channel = self._channel
         if channel is None:
             return
         try:
-            reply = await channel.command(f"AT+CMGR={index}")
-            header = next((ln for ln in reply.lines if ln.startswith("+CMGR:")), None)
-            body = [ln for ln in reply.lines if not ln.startswith("+CMGR:")]
-            if header is not None and body:
-                self._inbound_pdu(body[0], _last_number(header))
-            await channel.command(f"AT+CMGD={index}")
+            # One read at a time: another announcement's AT+CPMS between this one's and its
+            # AT+CMGR would make it read the other storage.
+            async with self._storage_lock:
+                if storage is not None:
+                    await channel.command(f'AT+CPMS="{storage}"')
+                reply = await channel.command(f"AT+CMGR={index}")
+                header = next((ln for ln in reply.lines if ln.startswith("+CMGR:")), None)
+                body = [ln for ln in reply.lines if not ln.startswith("+CMGR:")]
+                if header is not None and body:
+                    self._inbound_pdu(body[0], _last_number(header))
+                await channel.command(f"AT+CMGD={index}")
         except (AtError, PortClosed, ResponseTimeout) as exc:
             log.warning("stored message not read", adapter=self._name, index=index, error=str(exc))
 
@@ -868,6 +878,12 @@ def _quoted(value: str | None) -> str | None:
         return None
     inner = value.split('"')[1]
     return inner or None
+
+
+def _storage_named(line: str) -> str | None:
+    """The storage in ``+CMTI: "SM",3`` (None when the modem names none)."""
+    match = re.search(r':\s*"([A-Z]{2})"', line)
+    return match.group(1) if match else None
 
 
 def _last_number(line: str) -> int | None:

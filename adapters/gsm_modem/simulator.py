@@ -119,7 +119,13 @@ class GsmModemSimulator(AtDevice):
         #: Every part accepted, in order.
         self.sent: list[SentPart] = []
         #: Stored messages: index → (stat, PDU) (``REC UNREAD`` 0, ``REC READ`` 1).
-        self.storage: dict[int, tuple[int, str]] = {}
+        #: Message storages by name (SIM, modem memory, status reports): index → (stat, PDU).
+        self.storages: dict[str, dict[int, tuple[int, str]]] = {"SM": {}, "ME": {}, "SR": {}}
+        #: Where received messages and status reports are stored (as many modules do, reports
+        #: apart from messages), and the storage AT+CMGR/CMGD/CMGL work on (AT+CPMS's first).
+        self.receive_storage = "SM"
+        self.report_storage = "SR"
+        self.read_storage = "SM"
         self.resets = 0
         #: (sender, text) delivered a few seconds after start (``--reply``).
         self.scheduled_replies: list[tuple[str, str]] = []
@@ -183,14 +189,25 @@ class GsmModemSimulator(AtDevice):
             if mt == 2 and self.cmgf == 0:
                 self.unsolicited(f"+CMT: ,{tpdu_length(pdu)}", pdu)
                 continue
-            index = self._store(0, pdu)
+            index = self._store(0, pdu, self.receive_storage)
             if mt in (1, 2):
-                self.unsolicited(f'+CMTI: "SM",{index}')
+                self.unsolicited(f'+CMTI: "{self.receive_storage}",{index}')
         return pdus
 
-    def _store(self, stat: int, pdu: str) -> int:
-        index = next(i for i in range(1, 1000) if i not in self.storage)
-        self.storage[index] = (stat, pdu)
+    @property
+    def storage(self) -> dict[int, tuple[int, str]]:
+        """The storage AT+CMGR/CMGD/CMGL work on now."""
+        return self.storages[self.read_storage]
+
+    @property
+    def stored(self) -> int:
+        """Messages and reports held in every storage."""
+        return sum(len(box) for box in self.storages.values())
+
+    def _store(self, stat: int, pdu: str, name: str) -> int:
+        box = self.storages[name]
+        index = next(i for i in range(1, 1000) if i not in box)
+        box[index] = (stat, pdu)
         return index
 
     def _status_report(self, part: SentPart, status: int) -> None:
@@ -204,7 +221,8 @@ class GsmModemSimulator(AtDevice):
         if ds == 1 and self.cmgf == 0:
             self.unsolicited(f"+CDS: {tpdu_length(pdu)}", pdu)
         elif ds == 2:
-            self.unsolicited(f'+CDSI: "SM",{self._store(0, pdu)}')
+            index = self._store(0, pdu, self.report_storage)
+            self.unsolicited(f'+CDSI: "{self.report_storage}",{index}')
         concatenation = part.submit.concatenation
         last_part = concatenation is None or concatenation.part == concatenation.parts
         if status < 0x20 and last_part and self.random.random() < self.reply_rate:
@@ -345,6 +363,12 @@ class GsmModemSimulator(AtDevice):
             return self._enter_pin(args[0])
         if name == "CMGS":
             return self._cmgs(args[0])
+        if name == "CPMS":
+            if args[0] not in self.storages:
+                return self._error("CMS", 302)
+            self.read_storage = args[0]
+            used = ",".join(f"{len(self.storages[m])},255" for m in (args[0], "SM", "SM"))
+            return [f"+CPMS: {used}"]
         if name == "CMGR":
             return self._cmgr(args[0])
         if name == "CMGD":
@@ -434,7 +458,8 @@ class GsmModemSimulator(AtDevice):
         if flag == 4:
             self.storage.clear()
         elif flag == 1:
-            self.storage = {i: m for i, m in self.storage.items() if m[0] == 0}
+            for index in [i for i, m in self.storage.items() if m[0] != 0]:
+                del self.storage[index]
         else:
             self.storage.pop(int(args[0]), None)
         return ()

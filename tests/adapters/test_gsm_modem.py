@@ -385,14 +385,21 @@ async def test_stored_replies_are_read_and_deleted_when_the_modem_only_stores(
         await wait_until(lambda: context.reports, within=3, what="a report")
         modem.receive_sms(SATPHONE, "1")
         await wait_until(lambda: len(context.reports) >= 2, within=3, what="two reports")
-        await wait_until(lambda: not modem.storage, within=3, what="the modem's storage emptied")
+        await wait_until(lambda: not modem.stored, within=3, what="the modem's storage emptied")
         await adapter.stop()
     assert [(r.state, r.delivery_id) for r in context.reports] == [
         (ReportState.DELIVERED, 5),
         (ReportState.ACKNOWLEDGED, 5),
     ]
-    assert any(c.startswith("AT+CMGR=") for c in modem.commands)
-    assert any(c.startswith("AT+CMGD=") for c in modem.commands)
+    # The reports are announced in "SR", the reply in "SM", both from index 1: each read and
+    # deleted in the storage its announcement names, one read at a time.
+    reads = [c for c in modem.commands if c.startswith(("AT+CPMS=", "AT+CMGR=", "AT+CMGD="))]
+    triples = [tuple(reads[i : i + 3]) for i in range(0, len(reads), 3)]
+    assert all(t[0].startswith("AT+CPMS=") and t[1] == f"AT+CMGR={t[2][8:]}" for t in triples), (
+        reads
+    )
+    assert [t[0] for t in triples][-1] == 'AT+CPMS="SM"'
+    assert {t[0] for t in triples[:-1]} == {'AT+CPMS="SR"'}
 
 
 async def test_a_malformed_pdu_is_dropped_and_the_reader_goes_on(
