@@ -110,5 +110,28 @@ def build_adapter_specs(
                 suffix = "" if loc == "(top level)" else ("" if loc.startswith("[") else ".") + loc
                 problems.append(f"{where}.settings{suffix}: {msg}")
             continue
+        needed = _send_time_needed(settings)
+        if needed is not None and instance.send_timeout <= needed[0]:
+            seconds, why = needed
+            problems.append(
+                f"{where}.send_timeout: {instance.send_timeout:g}s is too short for this "
+                f"{instance.kind}: one send can take {seconds:g}s ({why}); set send_timeout "
+                "above that, or the engine gives up on sends that then go out anyway and are "
+                "sent again"
+            )
+            continue
         specs.append(AdapterSpec(name, factory, instance, settings, channels))
     return tuple(specs), problems
+
+
+def _send_time_needed(settings: BaseModel) -> tuple[float, str] | None:
+    """What a kind's settings say one ``send()`` may take, when they say (an optional
+    ``send_time_needed()`` method of the settings model: seconds and why)."""
+    method = getattr(settings, "send_time_needed", None)
+    if not callable(method):
+        return None
+    needed = method()
+    if needed is None:
+        return None
+    seconds, why = needed
+    return float(seconds), str(why)

@@ -402,3 +402,48 @@ def test_person_id_only_for_grid_members(tmp_path: Path) -> None:
     assert problems_of(path) == [
         f"{path}: api.tokens[1]: person_id is required for role grid_member, and only for it"
     ]
+
+
+def test_a_send_timeout_shorter_than_a_send_can_take_is_refused(tmp_path: Path) -> None:
+    """A kind whose one send can outlast send_timeout (an SBD session, a modem's batch budget)
+    says so: otherwise the engine gives up on a send that then goes out anyway, and sends it
+    again."""
+    path = write_config(
+        tmp_path,
+        """
+[adapters.satellite]
+kind = "iridium_sbd"
+channels = ["modem"]
+[adapters.satellite.settings]
+port = "/dev/ttyUSB0"
+
+[adapters.modems]
+kind = "gsm_modem"
+channels = ["modem"]
+send_timeout = "30s"
+[adapters.modems.settings]
+port = "/dev/ttyUSB1"
+send_budget = "40s"
+""",
+    )
+    problems = problems_of(path)
+    assert any(
+        p.endswith(
+            "adapters.satellite.send_timeout: 30s is too short for this iridium_sbd: one send "
+            "can take 105s (session_timeout + 3 × command_timeout); set send_timeout above "
+            "that, or the engine gives up on sends that then go out anyway and are sent again"
+        )
+        for p in problems
+    ), problems
+    assert any(
+        "adapters.modems.send_timeout: 30s" in p and "40s (send_budget)" in p for p in problems
+    )
+
+    fixed = path.read_text(encoding="utf-8")
+    fixed = fixed.replace(
+        'channels = ["modem"]\n[adapters.satellite',
+        'channels = ["modem"]\nsend_timeout = "110s"\n[adapters.satellite',
+    )
+    fixed = fixed.replace('send_budget = "40s"', 'send_budget = "25s"')
+    path.write_text(fixed, encoding="utf-8")
+    assert {s.name for s in load_config(path).adapters} == {"satellite", "modems"}

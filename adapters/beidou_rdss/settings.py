@@ -59,3 +59,7 @@ class BeidouRdssSettings(SerialPortSettings):
         if not any(word.strip() for word in self.confirm_words):
             raise ValueError("confirm_words needs at least one word")
         return self
+
+    def send_time_needed(self) -> tuple[float, str]:
+        """What one send() may take: the batch's budget (config checks send_timeout)."""
+        return self.batch_budget, "batch_budget"

@@ -77,3 +77,7 @@ class GsmModemSettings(SerialPortSettings):
         if self.submit_timeout > self.send_budget:
             raise ValueError("submit_timeout is longer than send_budget")
         return self
+
+    def send_time_needed(self) -> tuple[float, str]:
+        """What one send() may take: the batch's budget (config checks send_timeout)."""
+        return self.send_budget, "send_budget"

@@ -67,3 +67,10 @@ class IridiumSbdSettings(SerialPortSettings):
         if self.session_timeout <= self.command_timeout:
             raise ValueError("session_timeout must be longer than command_timeout")
         return self
+
+    def send_time_needed(self) -> tuple[float, str]:
+        """What one send() may take: an SBD session and the commands around it."""
+        return (
+            self.session_timeout + 3 * self.command_timeout,
+            "session_timeout + 3 × command_timeout",
+        )

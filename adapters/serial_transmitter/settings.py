@@ -108,3 +108,7 @@ class SerialTransmitterSettings(SerialPortSettings):
                 f"{profile.max_content_bytes}"
             )
         return self
+
+    def send_time_needed(self) -> tuple[float, str]:
+        """What one send() may take: the batch's budget (config checks send_timeout)."""
+        return self.batch_budget, "batch_budget"
