@@ -76,7 +76,7 @@ ADAPTER = "sms-sim"
 #: Timeouts and expiry "beyond the window": longer than any simulated run (1 SMS/s for the
 #: whole city is 21 days).
 HORIZON = 365 * 86400.0
-#: The sweep's batch (SqliteEngineOps.sweep's default): it is called again while it is full.
+#: The sweep's batch (EngineOps.sweep's default): it is called again while it is full.
 SWEEP_LIMIT = 5000
 #: Kinds of person, from the directory (first match wins), and whether --scale shrinks them.
 KINDS: tuple[tuple[str, bool], ...] = (

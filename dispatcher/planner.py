@@ -252,7 +252,7 @@ def _fallback_guard(level_policy: LevelPolicy) -> int | None:
     """The role bit of the level's village fallback people, if it has a fallback.
 
     The engine adds a fallback person's deliveries when a village's devices did not play
-    (:mod:`dispatcher.store.sqlite_engine`), which can happen before the stage that plans
+    (:mod:`dispatcher.store.engine_ops`), which can happen before the stage that plans
     that person has committed: the person statements then leave out a (person, channel)
     the engine has added already. Only people holding the role are looked up (about one in
     75), so the check costs little."""

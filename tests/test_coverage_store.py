@@ -44,7 +44,7 @@ from dispatcher.store.base import (
     mask_phone,
 )
 from dispatcher.store.sqlite import SqliteStore, connect
-from dispatcher.store.sqlite_coverage import (
+from dispatcher.store.coverage_queries import (
     AREAS_QUERY,
     LATE_QUERY,
     TOTALS_QUERY,

@@ -30,7 +30,7 @@ from dispatcher.store.base import (
     InvalidCursor,
 )
 from dispatcher.store.sqlite import SqliteStore
-from dispatcher.store.sqlite_devices import encode_cursor, read_devices
+from dispatcher.store.device_queries import encode_cursor, read_devices
 
 NOW = 1_750_000_000.0
 TIMEOUT = 300.0

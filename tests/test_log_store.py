@@ -1,4 +1,4 @@
-"""The delivery log's store queries (dispatcher/store/sqlite_log.py) against a reference filter
+"""The delivery log's store queries (dispatcher/store/log_queries.py) against a reference filter
 written here over every row: each filter alone and combined, pages both ways without gaps or
 duplicates, time windows with events stamped out of order, and query plans that walk an index
 instead of scanning or sorting the log."""
@@ -31,7 +31,7 @@ from small_directory import (
 from dispatcher.domain import Channel, Level
 from dispatcher.log_query import TIME_SLACK, LogEvent, LogFilter, LogFilterError
 from dispatcher.store.sqlite import SqliteStore
-from dispatcher.store.sqlite_log import page_statement, read_log
+from dispatcher.store.log_queries import page_statement, read_log
 
 T0 = 1_780_000_000.0  # 2026-05-28, well away from now: nothing here depends on the clock
 

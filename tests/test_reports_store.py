@@ -23,7 +23,7 @@ from small_directory import (
 
 from dispatcher.config import load_policy
 from dispatcher.planning_worker import PlanningWorker
-from dispatcher.store import sqlite_reports
+from dispatcher.store import report_queries
 from dispatcher.store.base import InvalidCursor
 from dispatcher.store.reports_base import FollowupSheet
 from dispatcher.store.sqlite import SqliteStore
@@ -165,17 +165,17 @@ def test_query_plans_use_indexes(tmp_path: Path) -> None:
     conn.execute("ANALYZE")
     statements = [
         (
-            sqlite_reports.FOLLOWUP_HOUSEHOLDS.format(
-                village="> :after", area=sqlite_reports._AREA
+            report_queries.FOLLOWUP_HOUSEHOLDS.format(
+                village="> :after", area=report_queries._AREA
             ),
             {"seq": 1, "after": "", "area": CITY, "limit": 10},
         ),
-        (sqlite_reports._GRID_MEMBERS.format(marks="?,?"), (1, "g-a", "g-b")),
-        (sqlite_reports._PERSONS.format(marks="?,?"), (1, "h1", "h2")),
-        (sqlite_reports._DEVICE_DELIVERIES, {"seq": 1}),
-        (sqlite_reports._PEOPLE_BY_CHANNEL, {"seq": 1}),
-        (sqlite_reports._EVENTS, ("spk-a1a", 1, 0)),
-        (sqlite_reports._DEVICES.format(marks=":d0"), {"d0": "spk-a1a", "silent_before": 0}),
+        (report_queries._GRID_MEMBERS.format(marks="?,?"), (1, "g-a", "g-b")),
+        (report_queries._PERSONS.format(marks="?,?"), (1, "h1", "h2")),
+        (report_queries._DEVICE_DELIVERIES, {"seq": 1}),
+        (report_queries._PEOPLE_BY_CHANNEL, {"seq": 1}),
+        (report_queries._EVENTS, ("spk-a1a", 1, 0)),
+        (report_queries._DEVICES.format(marks=":d0"), {"d0": "spk-a1a", "silent_before": 0}),
     ]
     for sql, params in statements:
         plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from dispatcher.adapter import Report
 from dispatcher.engine.backoff import Backoff
 from dispatcher.engine.types import Ack, AckOutcome, AckResult, AdapterAck, LevelRules
-from dispatcher.store.sqlite_engine import RetryDelay, SqliteEngineOps
+from dispatcher.store.engine_ops import RetryDelay, EngineOps
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +38,7 @@ class _Queued:
 class AckIntake:
     def __init__(
         self,
-        store: SqliteEngineOps,
+        store: EngineOps,
         *,
         levels: Callable[[], Mapping[str, LevelRules]],
         visit_delay: float,

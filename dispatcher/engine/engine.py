@@ -5,7 +5,7 @@ A channel's loop claims as many due deliveries as its adapter instances can take
 limit, concurrency, circuit breaker), most urgent first, and hands each instance its share as a
 batch; each batch's outcomes are decided (:mod:`decide`) and recorded in one transaction. No
 asyncio task per delivery: a retry or an acknowledgement deadline is a row's due time, and the
-sweep (:meth:`SqliteEngineOps.sweep`) enforces deadlines.
+sweep (:meth:`EngineOps.sweep`) enforces deadlines.
 
 When every instance serving a channel is paused (or none is configured), its people
 deliveries fall over to the next step of their ladder (SMS → call); the rest wait.
@@ -43,7 +43,7 @@ from dispatcher.engine.message_text import render_text
 from dispatcher.engine.types import ClaimedDelivery, LevelRules, Transition, VillageFallback
 from dispatcher.planner import DEVICE_PRIORITY
 from dispatcher.policy import AudienceSelector, LevelPolicy, Policy
-from dispatcher.store.sqlite_engine import VISIT_PRIORITY, SqliteEngineOps
+from dispatcher.store.engine_ops import VISIT_PRIORITY, EngineOps
 
 log = structlog.get_logger(__name__)
 
@@ -96,7 +96,7 @@ def _village_fallback(lp: LevelPolicy) -> VillageFallback | None:
 class Engine:
     def __init__(
         self,
-        store: SqliteEngineOps,
+        store: EngineOps,
         *,
         config: EngineConfig,
         policy: Callable[[], Policy],

@@ -476,7 +476,7 @@ class Store(Protocol):
     ) -> list[LogEvent]:
         """Up to ``limit`` delivery events matching ``query`` with ``after < id < before``:
         oldest first when ``after`` is given, else newest first. Reads through an index in
-        id order, never sorting everything that matches (dispatcher/store/sqlite_log.py)."""
+        id order, never sorting everything that matches (dispatcher/store/log_queries.py)."""
 
     async def log_last_id(self) -> int:
         """The id of the newest delivery event (0 when there is none)."""

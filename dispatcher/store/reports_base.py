@@ -1,7 +1,7 @@
 """What the store reads for operators' reports: the door-to-door follow-up list of a warning
 (the households not reached, grouped by grid member) and what a test broadcast's report is
 made of (dispatcher/reports/test_report.py). The SQLite store implements it in
-:mod:`dispatcher.store.sqlite_reports`.
+:mod:`dispatcher.store.report_queries`.
 
 The grouping of a village's unreached households into grid members' sheets is here, as a pure
 function, so every store groups them the same way."""

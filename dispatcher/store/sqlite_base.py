@@ -10,12 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from dispatcher.store.connections import Db, StoreConnections
 from dispatcher.store.sqlite_writer import NORMAL, URGENT, PriorityWriter
 
 T = TypeVar("T")
 
 
-class SqliteConnections:
+class SqliteConnections(StoreConnections):
     def __init__(self, path: Path, writer: PriorityWriter, reader: ThreadPoolExecutor) -> None:
         self.path = path
         self._writer_pool = writer
@@ -23,20 +24,19 @@ class SqliteConnections:
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = False) -> T:
-        """Run ``fn`` on the writer thread; ``urgent`` work (a new warning, its first plan
-        stage, loudspeaker commands) goes before queued bulk work."""
+    async def _write(self, fn: Callable[[Db], T], *, urgent: bool = False) -> T:
         conn = self._wconn
         if conn is None:
             raise RuntimeError("store is closed")
         future = self._writer_pool.submit_with(URGENT if urgent else NORMAL, fn, conn)
         return await asyncio.wrap_future(future)
 
-    async def _write_tx(self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = False) -> T:
-        """:meth:`_write` inside one ``BEGIN IMMEDIATE`` transaction: committed when ``fn``
-        returns, rolled back when it raises."""
-
-        def run(conn: sqlite3.Connection) -> T:
+    async def _write_tx(
+        self, fn: Callable[[Db], T], *, urgent: bool = False, exclusive: bool = True
+    ) -> T:
+        # One writer thread: every transaction is exclusive (BEGIN IMMEDIATE takes the lock
+        # at once rather than at the first write, so it never fails half way with BUSY).
+        def run(conn: Db) -> T:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(conn)
@@ -48,7 +48,7 @@ class SqliteConnections:
 
         return await self._write(run, urgent=urgent)
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _read(self, fn: Callable[[Db], T]) -> T:
         conn = self._rconn
         if conn is None:
             raise RuntimeError("store is closed")

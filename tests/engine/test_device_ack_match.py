@@ -15,7 +15,7 @@ from dispatcher.adapter import Report, ReportState
 from dispatcher.domain import DeliveryState
 from dispatcher.engine.engine import level_rules
 from dispatcher.engine.types import AckOutcome, AckResult, AdapterAck, LevelRules, Transition
-from dispatcher.store import sqlite_engine as se
+from dispatcher.store import engine_ops as se
 from engine.conftest import MakeTocsin
 from engine.harness import FAST, Tocsin, policy, rule, sim
 

@@ -272,7 +272,7 @@ async def test_a_village_falls_back_once_whatever_sets_it_off_again(
 ) -> None:
     """The fallback is looked for in the log: a second trigger, in another transaction,
     adds nothing."""
-    from dispatcher.store import sqlite_engine as se
+    from dispatcher.store import engine_ops as se
 
     t = tocsin(quiet(), policy=fallback_policy())
     w = await t.warn((VILLAGE_A1b,))

@@ -5,7 +5,7 @@ the door-to-door follow-up list and what a test broadcast's report is made of.
 from the cursor (``coverage_targets``' key) and reaches each one's households through the
 directory's indexes (``grids_village``, ``households_grid``), keeping those with no in-time
 ``reached`` row (looked up by key), as the unreached lists do
-(:mod:`dispatcher.store.sqlite_coverage`). It reads one household more than the page holds;
+(:mod:`dispatcher.store.coverage_queries`). It reads one household more than the page holds;
 the village that one belongs to is left for the next page, unless it is the page's only
 village, which is then read whole. The page's grids, grid members, village names and
 unreached people are read by key, in one snapshot. The cursor is the page's last village.
@@ -20,11 +20,12 @@ first event on) and its status (``device_status`` by key, as GET /v1/devices rea
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from dispatcher.store.base import DeviceState, InvalidCursor
+from dispatcher.store.connections import Db, StoreConnections
+from dispatcher.store.device_queries import DEVICE_STATUS_COLUMNS, DEVICE_STATUS_JOIN
 from dispatcher.store.reports_base import (
     FollowupHousehold,
     FollowupMember,
@@ -36,10 +37,8 @@ from dispatcher.store.reports_base import (
     group_sheets,
     people_outcome,
 )
-from dispatcher.store.sqlite_base import SqliteConnections
-from dispatcher.store.sqlite_devices import DEVICE_STATUS_COLUMNS, DEVICE_STATUS_JOIN
 
-__all__ = ["FOLLOWUP_HOUSEHOLDS", "SqliteReportQueries"]
+__all__ = ["FOLLOWUP_HOUSEHOLDS", "ReportQueries"]
 
 _VILLAGE_CODE = re.compile(r"[0-9]{12}")
 _CHUNK = 500
@@ -121,7 +120,7 @@ def _marks(items: Sequence[Any]) -> str:
 
 
 def _households(
-    conn: sqlite3.Connection,
+    conn: Db,
     seq: int,
     *,
     area: str | None,
@@ -147,7 +146,7 @@ def _households(
 
 
 def _read_followup(
-    conn: sqlite3.Connection, seq: int, *, area: str | None, after: str | None, limit: int
+    conn: Db, seq: int, *, area: str | None, after: str | None, limit: int
 ) -> FollowupPage:
     rows = _households(conn, seq, area=area, after=after, limit=limit + 1)
     following: str | None = None
@@ -208,7 +207,7 @@ def parse_village_cursor(after: str | None) -> str | None:
 
 
 def _read_test_report(
-    conn: sqlite3.Connection, warning_id: str, seq: int, *, silent_before: float, now: float
+    conn: Db, warning_id: str, seq: int, *, silent_before: float, now: float
 ) -> TestReportData:
     states = {
         state: int(n)
@@ -301,7 +300,7 @@ def _read_test_report(
     )
 
 
-class SqliteReportQueries(SqliteConnections):
+class ReportQueries(StoreConnections):
     """The Store's report reads, mixed into :class:`dispatcher.store.sqlite.SqliteStore`."""
 
     async def followup(
@@ -311,7 +310,7 @@ class SqliteReportQueries(SqliteConnections):
         if limit < 1:
             raise ValueError("limit must be at least 1")
 
-        def run(conn: sqlite3.Connection) -> FollowupPage | None:
+        def run(conn: Db) -> FollowupPage | None:
             conn.execute("BEGIN")
             try:
                 found = conn.execute(
@@ -330,7 +329,7 @@ class SqliteReportQueries(SqliteConnections):
     ) -> TestReportData | None:
         silent_before = now - heartbeat_timeout
 
-        def run(conn: sqlite3.Connection) -> TestReportData | None:
+        def run(conn: Db) -> TestReportData | None:
             conn.execute("BEGIN")
             try:
                 found = conn.execute(

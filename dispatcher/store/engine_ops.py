@@ -8,7 +8,6 @@ Every method is one write transaction on the writer thread, working on a batch. 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -37,11 +36,11 @@ from dispatcher.engine.types import (
     Transition,
     VillageFallback,
 )
-from dispatcher.store.sqlite_base import SqliteConnections
-from dispatcher.store.sqlite_counts import bump_state_counts
-from dispatcher.store.sqlite_stop import log_warning_event, stop_warning
+from dispatcher.store.connections import Db, StoreConnections
+from dispatcher.store.state_counts import bump_state_counts
+from dispatcher.store.stop import log_warning_event, stop_warning
 
-__all__ = ["VISIT_PRIORITY", "SqliteEngineOps"]
+__all__ = ["VISIT_PRIORITY", "EngineOps"]
 
 #: Visit tasks go out with the grid members' own messages.
 VISIT_PRIORITY = 10
@@ -90,7 +89,7 @@ class _WarningInfo:
 class _Batch:
     """Counter changes and facts gathered during one transaction, written at its end."""
 
-    conn: sqlite3.Connection
+    conn: Db
     now: float
     levels: Mapping[str, LevelRules]
     visit_delay: float
@@ -264,7 +263,7 @@ class _Batch:
             self.conn.executemany(
                 "INSERT INTO coverage_counts (warning_seq, village_code, kind, n) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (warning_seq, village_code, kind) "
-                "DO UPDATE SET n = n + excluded.n",
+                "DO UPDATE SET n = coverage_counts.n + excluded.n",
                 [(seq, village, kind, n) for (seq, village, kind), n in self.coverage.items()],
             )
 
@@ -288,7 +287,7 @@ def _row(values: Sequence[Any]) -> _Row:
     return _Row(*values)
 
 
-class SqliteEngineOps(SqliteConnections):
+class EngineOps(StoreConnections):
     """Mixed into :class:`dispatcher.store.sqlite.SqliteStore`."""
 
     #: How many warnings' covered villages are kept between acknowledgement batches.
@@ -316,7 +315,7 @@ class SqliteEngineOps(SqliteConnections):
         what sending them needs (address, warning, visit households). ``urgent`` claims
         (devices) go before queued bulk writes."""
 
-        def run(conn: sqlite3.Connection) -> list[ClaimedDelivery]:
+        def run(conn: Db) -> list[ClaimedDelivery]:
             rows: list[_Row] = []
             for priority in priorities:
                 if len(rows) >= limit:
@@ -354,7 +353,7 @@ class SqliteEngineOps(SqliteConnections):
         sent by a process that is gone; make it due again now (it may have been sent: at
         least once)."""
 
-        def run(conn: sqlite3.Connection) -> int:
+        def run(conn: Db) -> int:
             rows = [
                 _row(r)
                 for r in conn.execute(
@@ -383,7 +382,7 @@ class SqliteEngineOps(SqliteConnections):
     ) -> RecordResult:
         """Apply the engine's decisions for sent deliveries, log each, and escalate."""
 
-        def run(conn: sqlite3.Connection) -> RecordResult:
+        def run(conn: Db) -> RecordResult:
             result = _record(conn, transitions, now, levels, visit_delay, addresses or {})
             return result
 
@@ -405,7 +404,7 @@ class SqliteEngineOps(SqliteConnections):
         channel at all: none will come back), fail for good, and a person's ladder moves on
         (a visit task). Returns how many fell over or failed."""
 
-        def run(conn: sqlite3.Connection) -> int:
+        def run(conn: Db) -> int:
             batch = _Batch(conn, now, levels, visit_delay)
             fell = _fall_over(batch, claimed, resume_at, reason)
             batch.flush()
@@ -427,7 +426,7 @@ class SqliteEngineOps(SqliteConnections):
 
         covered = self._covered_villages_cache()
 
-        def run(conn: sqlite3.Connection) -> list[AckOutcome]:
+        def run(conn: Db) -> list[AckOutcome]:
             batch = _Batch(conn, now, levels, visit_delay, covered_cache=covered)
             _read_ahead(batch, acks)
             outcomes = [_apply_ack(batch, ack, retry_delay) for ack in acks]
@@ -448,7 +447,7 @@ class SqliteEngineOps(SqliteConnections):
         """Expire warnings past their expiry, reclaim expired leases, enforce acknowledgement
         deadlines (resend to devices, escalate people), and mark warnings complete."""
 
-        def run(conn: sqlite3.Connection) -> SweepResult:
+        def run(conn: Db) -> SweepResult:
             result = _sweep(conn, now, levels, visit_delay, limit)
             return result
 
@@ -457,7 +456,7 @@ class SqliteEngineOps(SqliteConnections):
     async def next_due_at(self, channel: str, priorities: Sequence[int]) -> float | None:
         """The earliest due time of the channel's waiting deliveries (None: nothing waits)."""
 
-        def run(conn: sqlite3.Connection) -> float | None:
+        def run(conn: Db) -> float | None:
             best: float | None = None
             for priority in priorities:
                 row = conn.execute(
@@ -474,7 +473,7 @@ class SqliteEngineOps(SqliteConnections):
     async def warning_contents(self, seqs: Iterable[int]) -> dict[int, WarningContent]:
         wanted = sorted(set(seqs))
 
-        def run(conn: sqlite3.Connection) -> dict[int, WarningContent]:
+        def run(conn: Db) -> dict[int, WarningContent]:
             out: dict[int, WarningContent] = {}
             for seq in wanted:
                 row = conn.execute(
@@ -515,7 +514,7 @@ class SqliteEngineOps(SqliteConnections):
     async def person_grid_ids(self, person_id: str) -> list[str]:
         """The grids a grid member serves."""
 
-        def run(conn: sqlite3.Connection) -> list[str]:
+        def run(conn: Db) -> list[str]:
             rows = conn.execute(
                 "SELECT grid_id FROM grid_members WHERE person_id = ? ORDER BY grid_id",
                 (person_id,),
@@ -525,7 +524,7 @@ class SqliteEngineOps(SqliteConnections):
         return await self._read(run)
 
     async def household_grid_id(self, household_id: str) -> str | None:
-        def run(conn: sqlite3.Connection) -> str | None:
+        def run(conn: Db) -> str | None:
             row = conn.execute(
                 "SELECT grid_id FROM households WHERE id = ?", (household_id,)
             ).fetchone()
@@ -535,7 +534,7 @@ class SqliteEngineOps(SqliteConnections):
 
 
 # -- claiming -----------------------------------------------------------------------------------
-def _resolve(conn: sqlite3.Connection, rows: Sequence[_Row]) -> list[ClaimedDelivery]:
+def _resolve(conn: Db, rows: Sequence[_Row]) -> list[ClaimedDelivery]:
     person_ids = [r.target_id for r in rows if r.audience != Audience.DEVICE.value]
     device_ids = [r.target_id for r in rows if r.audience == Audience.DEVICE.value]
     visit_ids = [r.id for r in rows if r.audience == Audience.VISIT.value]
@@ -615,7 +614,7 @@ def _reclaim(batch: _Batch, rows: Sequence[_Row], why: str) -> None:
         )
 
 
-def _waited_already(conn: sqlite3.Connection, delivery_id: int, state: str, reason: str) -> bool:
+def _waited_already(conn: Db, delivery_id: int, state: str, reason: str) -> bool:
     """Whether the delivery's last logged event is this wait, for this reason."""
     last = conn.execute(
         "SELECT state, reason FROM delivery_events WHERE delivery_id = ? ORDER BY id DESC LIMIT 1",
@@ -728,7 +727,7 @@ def _fall_over(
 
 # -- recording outcomes -------------------------------------------------------------------------
 def _record(
-    conn: sqlite3.Connection,
+    conn: Db,
     transitions: Sequence[Transition],
     now: float,
     levels: Mapping[str, LevelRules],
@@ -946,10 +945,10 @@ def _add_visit(batch: _Batch, row: _Row) -> None:
         cursor = conn.execute(
             "INSERT INTO deliveries (warning_seq, audience, target_id, channel, area_code, "
             "priority, state, attempts, due_at, updated_at) "
-            "VALUES (?, 'visit', ?, 'sms', ?, ?, 'pending', 0, ?, ?)",
+            "VALUES (?, 'visit', ?, 'sms', ?, ?, 'pending', 0, ?, ?) RETURNING id",
             (seq, person_id, village_code, VISIT_PRIORITY, due, batch.now),
         )
-        delivery_id = int(cursor.lastrowid or 0)
+        (delivery_id,) = cursor.fetchone()
         conn.execute(
             "INSERT INTO delivery_ranges (warning_seq, first_id, last_id) VALUES (?, ?, ?)",
             (seq, delivery_id, delivery_id),
@@ -1169,7 +1168,8 @@ def _add_fallback_step(
     state = DeliveryState.HELD.value if held else DeliveryState.PENDING.value
     cursor = batch.conn.execute(
         "INSERT INTO deliveries (warning_seq, audience, target_id, channel, area_code, "
-        "priority, state, attempts, due_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+        "priority, state, attempts, due_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?) "
+        "RETURNING id",
         (
             seq,
             audience,
@@ -1182,7 +1182,7 @@ def _add_fallback_step(
             batch.now,
         ),
     )
-    delivery_id = int(cursor.lastrowid or 0)
+    delivery_id = int(cursor.fetchone()[0])
     batch.added.setdefault(seq, []).append(delivery_id)
     deltas = batch.state_deltas.setdefault(seq, {})
     deltas[state] = deltas.get(state, 0) + 1
@@ -1719,7 +1719,7 @@ def _confirm_household(batch: _Batch, ack: HouseholdConfirmation) -> AckOutcome:
 
 # -- timers -------------------------------------------------------------------------------------
 def _sweep(
-    conn: sqlite3.Connection,
+    conn: Db,
     now: float,
     levels: Mapping[str, LevelRules],
     visit_delay: float,
@@ -1803,9 +1803,7 @@ def _sweep(
 T = TypeVar("T")
 
 
-def _update_ids(
-    conn: sqlite3.Connection, assignments: str, params: tuple[Any, ...], ids: Sequence[int]
-) -> None:
+def _update_ids(conn: Db, assignments: str, params: tuple[Any, ...], ids: Sequence[int]) -> None:
     """``UPDATE deliveries SET <assignments> WHERE id IN (<ids>)``, in chunks."""
     for chunk in _chunks(ids, 900):
         marks = ",".join("?" * len(chunk))

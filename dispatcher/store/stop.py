@@ -4,7 +4,6 @@ cancelled, expired) with every delivery not yet terminal, and whole-warning log 
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from dispatcher.domain import (
@@ -13,7 +12,8 @@ from dispatcher.domain import (
     DeliveryState,
     WarningState,
 )
-from dispatcher.store.sqlite_counts import bump_state_counts
+from dispatcher.store.connections import Db
+from dispatcher.store.state_counts import bump_state_counts
 
 _STOPPABLE_SQL = ", ".join(
     f"'{s.value}'" for s in (*OPEN_DELIVERY_STATES, *IN_FLIGHT_DELIVERY_STATES)
@@ -27,7 +27,7 @@ _DELIVERY_STATE_WHEN_STOPPED = {
 
 
 def stop_warning(
-    conn: sqlite3.Connection, warning_id: str, state: WarningState, by: str | None, now: float
+    conn: Db, warning_id: str, state: WarningState, by: str | None, now: float
 ) -> bool:
     """Mark an active warning superseded, cancelled or expired and stop every delivery not yet
     in a terminal state (held, pending, waiting, in flight or awaiting an acknowledgement: no
@@ -71,7 +71,7 @@ def stop_warning(
 
 
 def log_warning_event(
-    conn: sqlite3.Connection, warning_id: str, state: str, now: float, detail: dict[str, Any]
+    conn: Db, warning_id: str, state: str, now: float, detail: dict[str, Any]
 ) -> None:
     conn.execute(
         "INSERT INTO delivery_events (at, warning_id, delivery_id, state, detail) "

@@ -7,11 +7,11 @@ fire_at) lets exactly one insert succeed, whichever node or task makes it."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from dispatcher.store.connections import Db, StoreConnections
 from dispatcher.store.schedules_base import (
     ConfigSync,
     NewSchedule,
@@ -23,7 +23,6 @@ from dispatcher.store.schedules_base import (
     ScheduleRunRow,
     ScheduleSource,
 )
-from dispatcher.store.sqlite_base import SqliteConnections
 
 _SCHEDULE_COLUMNS = (
     "id, source, spec, cron, enabled, active_since, created_by, created_at, updated_at"
@@ -75,9 +74,9 @@ def _run(row: Sequence[Any]) -> ScheduleRunRow:
     )
 
 
-class SqliteScheduleQueries(SqliteConnections):
+class ScheduleQueries(StoreConnections):
     async def list_schedules(self) -> list[ScheduleRow]:
-        def run(conn: sqlite3.Connection) -> list[ScheduleRow]:
+        def run(conn: Db) -> list[ScheduleRow]:
             rows = conn.execute(
                 f"SELECT {_SCHEDULE_COLUMNS} FROM schedules WHERE deleted_at IS NULL ORDER BY id"
             )
@@ -86,7 +85,7 @@ class SqliteScheduleQueries(SqliteConnections):
         return await self._read(run)
 
     async def get_schedule(self, schedule_id: str) -> ScheduleRow | None:
-        def run(conn: sqlite3.Connection) -> ScheduleRow | None:
+        def run(conn: Db) -> ScheduleRow | None:
             row = conn.execute(
                 f"SELECT {_SCHEDULE_COLUMNS} FROM schedules WHERE id = ? AND deleted_at IS NULL",
                 (schedule_id,),
@@ -98,7 +97,7 @@ class SqliteScheduleQueries(SqliteConnections):
     async def create_schedule(self, schedule: NewSchedule, *, now: datetime) -> ScheduleRow:
         at = _text(now)
 
-        def run(conn: sqlite3.Connection) -> ScheduleRow:
+        def run(conn: Db) -> ScheduleRow:
             row = conn.execute(
                 "SELECT deleted_at FROM schedules WHERE id = ?", (schedule.id,)
             ).fetchone()
@@ -139,7 +138,7 @@ class SqliteScheduleQueries(SqliteConnections):
     ) -> ConfigSync:
         at = _text(now)
 
-        def run(conn: sqlite3.Connection) -> ConfigSync:
+        def run(conn: Db) -> ConfigSync:
             existing = {
                 r[0]: r[1:]
                 for r in conn.execute(
@@ -223,7 +222,7 @@ class SqliteScheduleQueries(SqliteConnections):
     async def delete_schedule(self, schedule_id: str, *, now: datetime) -> bool:
         at = _text(now)
 
-        def run(conn: sqlite3.Connection) -> bool:
+        def run(conn: Db) -> bool:
             cursor = conn.execute(
                 "UPDATE schedules SET deleted_at = ?, updated_at = ? "
                 "WHERE id = ? AND deleted_at IS NULL",
@@ -245,7 +244,7 @@ class SqliteScheduleQueries(SqliteConnections):
             claim.note,
         )
 
-        def run(conn: sqlite3.Connection) -> ScheduleRunRow | None:
+        def run(conn: Db) -> ScheduleRunRow | None:
             # The unique key decides: a fire time already recorded (by this node or another)
             # inserts nothing.
             # fetchall: a RETURNING statement must run to its end before the commit.
@@ -276,21 +275,19 @@ class SqliteScheduleQueries(SqliteConnections):
             for fire, note in fires
         ]
 
-        def run(conn: sqlite3.Connection) -> int:
-            before = conn.total_changes
-            conn.executemany(
+        def run(conn: Db) -> int:
+            return conn.executemany(
                 "INSERT INTO schedule_runs (schedule_id, fire_at, kind, state, started_at, node, "
                 "note) VALUES (?,?,?,?,?,?,?) ON CONFLICT (schedule_id, fire_at) DO NOTHING",
                 rows,
-            )
-            return conn.total_changes - before
+            ).rowcount
 
         return await self._write_tx(run)
 
     async def finish_schedule_run(
         self, run_id: int, state: RunState, *, warning_id: str | None, note: str
     ) -> ScheduleRunRow:
-        def run(conn: sqlite3.Connection) -> ScheduleRunRow:
+        def run(conn: Db) -> ScheduleRunRow:
             rows = conn.execute(
                 "UPDATE schedule_runs SET state = ?, warning_id = ?, note = ? WHERE id = ? "
                 f"RETURNING {_RUN_COLUMNS}",
@@ -303,13 +300,13 @@ class SqliteScheduleQueries(SqliteConnections):
         return await self._write_tx(run, urgent=True)
 
     async def drop_schedule_run(self, run_id: int) -> None:
-        def run(conn: sqlite3.Connection) -> None:
+        def run(conn: Db) -> None:
             conn.execute("DELETE FROM schedule_runs WHERE id = ?", (run_id,))
 
         await self._write_tx(run)
 
     async def last_cron_fire(self, schedule_id: str) -> datetime | None:
-        def run(conn: sqlite3.Connection) -> datetime | None:
+        def run(conn: Db) -> datetime | None:
             (newest,) = conn.execute(
                 "SELECT max(fire_at) FROM schedule_runs WHERE schedule_id = ? AND kind = ?",
                 (schedule_id, RunKind.CRON.value),
@@ -321,7 +318,7 @@ class SqliteScheduleQueries(SqliteConnections):
     async def list_schedule_runs(
         self, schedule_id: str, *, limit: int, before: datetime | None = None
     ) -> list[ScheduleRunRow]:
-        def run(conn: sqlite3.Connection) -> list[ScheduleRunRow]:
+        def run(conn: Db) -> list[ScheduleRunRow]:
             rows = conn.execute(
                 f"SELECT {_RUN_COLUMNS} FROM schedule_runs WHERE schedule_id = ? "
                 "AND fire_at < ? ORDER BY fire_at DESC LIMIT ?",
@@ -332,7 +329,7 @@ class SqliteScheduleQueries(SqliteConnections):
         return await self._read(run)
 
     async def get_schedule_run(self, run_id: int) -> ScheduleRunRow | None:
-        def run(conn: sqlite3.Connection) -> ScheduleRunRow | None:
+        def run(conn: Db) -> ScheduleRunRow | None:
             row = conn.execute(
                 f"SELECT {_RUN_COLUMNS} FROM schedule_runs WHERE id = ?", (run_id,)
             ).fetchone()
@@ -341,7 +338,7 @@ class SqliteScheduleQueries(SqliteConnections):
         return await self._read(run)
 
     async def schedule_run_for_warning(self, warning_id: str) -> ScheduleRunRow | None:
-        def run(conn: sqlite3.Connection) -> ScheduleRunRow | None:
+        def run(conn: Db) -> ScheduleRunRow | None:
             row = conn.execute(
                 f"SELECT {_RUN_COLUMNS} FROM schedule_runs WHERE warning_id = ?", (warning_id,)
             ).fetchone()
@@ -350,7 +347,7 @@ class SqliteScheduleQueries(SqliteConnections):
         return await self._read(run)
 
     async def stale_schedule_runs(self, *, started_before: datetime) -> list[ScheduleRunRow]:
-        def run(conn: sqlite3.Connection) -> list[ScheduleRunRow]:
+        def run(conn: Db) -> list[ScheduleRunRow]:
             rows = conn.execute(
                 f"SELECT {_RUN_COLUMNS} FROM schedule_runs WHERE state = ? AND started_at < ? "
                 "ORDER BY id",
@@ -361,7 +358,7 @@ class SqliteScheduleQueries(SqliteConnections):
         return await self._read(run)
 
     async def unreported_schedule_runs(self) -> list[ScheduleRunRow]:
-        def run(conn: sqlite3.Connection) -> list[ScheduleRunRow]:
+        def run(conn: Db) -> list[ScheduleRunRow]:
             rows = conn.execute(
                 f"SELECT {_RUN_COLUMNS} FROM schedule_runs "
                 "WHERE state = 'ran' AND report IS NULL ORDER BY started_at"
@@ -375,7 +372,7 @@ class SqliteScheduleQueries(SqliteConnections):
     ) -> None:
         payload = json.dumps(report, ensure_ascii=False, default=str)
 
-        def run(conn: sqlite3.Connection) -> None:
+        def run(conn: Db) -> None:
             conn.execute(
                 "UPDATE schedule_runs SET report = ?, reported_at = ? WHERE id = ?",
                 (payload, _text(now), run_id),

@@ -19,7 +19,6 @@ item's (village, id). ``tests/test_coverage_store.py`` checks the query plans.
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -39,9 +38,9 @@ from dispatcher.store.base import (
     WarningProgress,
     mask_phone,
 )
-from dispatcher.store.sqlite_base import SqliteConnections
+from dispatcher.store.connections import Db, StoreConnections
 
-__all__ = ["COVERAGE_DEPTHS", "UNREACHED_QUERIES", "SqliteCoverageQueries", "unreached_statement"]
+__all__ = ["COVERAGE_DEPTHS", "UNREACHED_QUERIES", "CoverageQueries", "unreached_statement"]
 
 #: The area levels coverage can be broken down by.
 COVERAGE_DEPTHS = ("county", "town", "village")
@@ -226,17 +225,17 @@ def _tree_order(areas: list[AreaCoverage]) -> list[AreaCoverage]:
     return sorted(areas, key=lambda a: path(a.area.code))
 
 
-def _warning_seq(conn: sqlite3.Connection, warning_id: str) -> int | None:
+def _warning_seq(conn: Db, warning_id: str) -> int | None:
     row = conn.execute("SELECT seq FROM warnings WHERE id = ?", (warning_id,)).fetchone()
     return None if row is None else int(row[0])
 
 
-def _snapshot(conn: sqlite3.Connection) -> None:
+def _snapshot(conn: Db) -> None:
     """Begin a read transaction: the statements that follow see one state of the database."""
     conn.execute("BEGIN")
 
 
-class SqliteCoverageQueries(SqliteConnections):
+class CoverageQueries(StoreConnections):
     """Mixed into :class:`dispatcher.store.sqlite.SqliteStore`."""
 
     async def coverage(
@@ -255,7 +254,7 @@ class SqliteCoverageQueries(SqliteConnections):
         if depth is not None:
             levels = COVERAGE_DEPTHS[: COVERAGE_DEPTHS.index(depth) + 1] if tree else (depth,)
 
-        def run(conn: sqlite3.Connection) -> WarningCoverage | None:
+        def run(conn: Db) -> WarningCoverage | None:
             _snapshot(conn)
             try:
                 found = conn.execute(
@@ -324,7 +323,7 @@ class SqliteCoverageQueries(SqliteConnections):
     ) -> UnreachedPage | None:
         parse_cursor(kind, after)  # a bad cursor fails here, before any read
 
-        def run(conn: sqlite3.Connection) -> UnreachedPage | None:
+        def run(conn: Db) -> UnreachedPage | None:
             seq = _warning_seq(conn, warning_id)
             if seq is None:
                 return None
@@ -350,7 +349,7 @@ class SqliteCoverageQueries(SqliteConnections):
         return await self._read(run)
 
     async def progress(self, warning_id: str) -> WarningProgress | None:
-        def run(conn: sqlite3.Connection) -> WarningProgress | None:
+        def run(conn: Db) -> WarningProgress | None:
             _snapshot(conn)
             try:
                 row = conn.execute(
@@ -385,7 +384,7 @@ class SqliteCoverageQueries(SqliteConnections):
     async def check_household_confirmation(
         self, warning_id: str, household_id: str, person_id: str
     ) -> ConfirmationCheck:
-        def run(conn: sqlite3.Connection) -> ConfirmationCheck:
+        def run(conn: Db) -> ConfirmationCheck:
             if _warning_seq(conn, warning_id) is None:
                 return ConfirmationCheck(False, False, False, False)
             household = conn.execute(

@@ -24,11 +24,10 @@ those filters leave it out."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from dispatcher.log_query import MAX_CURSOR, TIME_SLACK, LogEvent, LogFilter
-from dispatcher.store.sqlite_base import SqliteConnections
+from dispatcher.store.connections import Db, StoreConnections
 
 _COLUMNS = (
     "e.id, e.at, e.warning_id, e.delivery_id, e.state, e.attempt, e.adapter, e.reason, "
@@ -90,7 +89,7 @@ def page_statement(
 
 
 def read_log(
-    conn: sqlite3.Connection,
+    conn: Db,
     query: LogFilter,
     *,
     before: int | None = None,
@@ -124,13 +123,13 @@ def read_log(
         conn.execute("COMMIT")
 
 
-def last_event_id(conn: sqlite3.Connection) -> int:
+def last_event_id(conn: Db) -> int:
     (top,) = conn.execute("SELECT max(id) FROM delivery_events").fetchone()
     return int(top) if top is not None else 0
 
 
 def _page(
-    conn: sqlite3.Connection,
+    conn: Db,
     query: LogFilter,
     key: Key,
     lo: int,
@@ -143,7 +142,7 @@ def _page(
 
 
 def _merged(
-    conn: sqlite3.Connection,
+    conn: Db,
     query: LogFilter,
     level: str,
     lo: int,
@@ -181,7 +180,7 @@ def _merged(
     return merged
 
 
-def _time_bounds(conn: sqlite3.Connection, query: LogFilter, lo: int, hi: int) -> tuple[int, int]:
+def _time_bounds(conn: Db, query: LogFilter, lo: int, hi: int) -> tuple[int, int]:
     """Narrow the exclusive id bounds to the events that can lie in [since, until)."""
     if query.since is not None:
         lo = max(lo, _first_id_at_or_after(conn, query.since - TIME_SLACK) - 1)
@@ -190,7 +189,7 @@ def _time_bounds(conn: sqlite3.Connection, query: LogFilter, lo: int, hi: int) -
     return lo, hi
 
 
-def _first_id_at_or_after(conn: sqlite3.Connection, moment: float) -> int:
+def _first_id_at_or_after(conn: Db, moment: float) -> int:
     """The first event id stamped at or after ``moment`` (one past the last id when none is),
     by a binary search over the primary key: about 25 seeks for 10 million events."""
     (low,) = conn.execute("SELECT min(id) FROM delivery_events").fetchone()
@@ -211,7 +210,7 @@ def _first_id_at_or_after(conn: sqlite3.Connection, moment: float) -> int:
     return lo
 
 
-def _level_of(conn: sqlite3.Connection, warning_id: str) -> str | None:
+def _level_of(conn: Db, warning_id: str) -> str | None:
     row = conn.execute("SELECT level FROM warnings WHERE id = ?", (warning_id,)).fetchone()
     return str(row[0]) if row is not None else None
 
@@ -245,7 +244,7 @@ def _detail(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
-class SqliteLogQueries(SqliteConnections):
+class LogQueries(StoreConnections):
     """The Store's delivery-log methods, mixed into :class:`dispatcher.store.sqlite.SqliteStore`."""
 
     async def log_events(
@@ -256,7 +255,7 @@ class SqliteLogQueries(SqliteConnections):
         after: int | None = None,
         limit: int,
     ) -> list[LogEvent]:
-        def run(conn: sqlite3.Connection) -> list[LogEvent]:
+        def run(conn: Db) -> list[LogEvent]:
             return read_log(conn, query, before=before, after=after, limit=limit)
 
         return await self._read(run)

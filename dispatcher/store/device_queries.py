@@ -16,7 +16,6 @@ import base64
 import binascii
 import json
 import re
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,18 +27,18 @@ from dispatcher.store.base import (
     DeviceStatusRecord,
     InvalidCursor,
 )
-from dispatcher.store.sqlite_base import SqliteConnections
+from dispatcher.store.connections import Db, StoreConnections
 
 __all__ = [
     "DEVICE_STATUS_COLUMNS",
     "DEVICE_STATUS_JOIN",
-    "SqliteDeviceQueries",
+    "DeviceQueries",
     "decode_cursor",
     "encode_cursor",
     "read_devices",
 ]
 
-#: The address the engine sends a directory device's messages to (sqlite_engine reads it so).
+#: The address the engine sends a directory device's messages to (engine_ops reads it so).
 _ADDRESS = "COALESCE(NULLIF(d.address, ''), d.id)"
 _JOIN = f"LEFT JOIN device_status ds ON ds.adapter = d.adapter AND ds.address = {_ADDRESS}"
 #: A status's state; ``:silent_before`` is now minus the heartbeat timeout.
@@ -50,7 +49,7 @@ _STATE = (
 _DEVICE_COLUMNS = (
     f"d.id, d.kind, d.name, d.adapter, {_ADDRESS}, d.area_code, ds.last_seen, ds.detail, {_STATE}"
 )
-#: For other reads of devices ``d`` with their status (dispatcher/store/sqlite_reports.py):
+#: For other reads of devices ``d`` with their status (dispatcher/store/report_queries.py):
 #: the join, and the columns address, last seen and state (``:silent_before`` bound).
 DEVICE_STATUS_JOIN = _JOIN
 DEVICE_STATUS_COLUMNS = f"{_ADDRESS}, ds.last_seen, {_STATE}"
@@ -125,7 +124,7 @@ def _device(row: Sequence[Any], areas: dict[str, list[str]]) -> DeviceRow:
     )
 
 
-def _areas_of(conn: sqlite3.Connection, device_ids: Sequence[str]) -> dict[str, list[str]]:
+def _areas_of(conn: Db, device_ids: Sequence[str]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     if not device_ids:
         return found
@@ -148,7 +147,7 @@ def _counts(rows: Sequence[Sequence[Any]]) -> dict[str, int]:
 
 
 def read_devices(
-    conn: sqlite3.Connection,
+    conn: Db,
     query: DeviceQuery,
     *,
     silent_before: float,
@@ -199,7 +198,7 @@ def read_devices(
 
 
 def _read_unregistered(
-    conn: sqlite3.Connection,
+    conn: Db,
     query: DeviceQuery,
     *,
     silent_before: float,
@@ -256,7 +255,7 @@ def _read_unregistered(
     return DevicePage(devices, cursor, _counts(counts))
 
 
-class SqliteDeviceQueries(SqliteConnections):
+class DeviceQueries(StoreConnections):
     """The Store's device-state methods, mixed into :class:`dispatcher.store.sqlite.SqliteStore`."""
 
     async def record_device_status(self, statuses: Sequence[DeviceStatusRecord]) -> int:
@@ -267,10 +266,8 @@ class SqliteDeviceQueries(SqliteConnections):
         if not rows:
             return 0
 
-        def run(conn: sqlite3.Connection) -> int:
-            before = conn.total_changes
-            conn.executemany(_UPSERT, rows)
-            return conn.total_changes - before
+        def run(conn: Db) -> int:
+            return conn.executemany(_UPSERT, rows).rowcount
 
         return await self._write_tx(run)
 
@@ -287,7 +284,7 @@ class SqliteDeviceQueries(SqliteConnections):
             decode_cursor(after, unregistered=query.unregistered)  # fails here, before a read
         silent_before = now - heartbeat_timeout
 
-        def run(conn: sqlite3.Connection) -> DevicePage:
+        def run(conn: Db) -> DevicePage:
             return read_devices(conn, query, silent_before=silent_before, after=after, limit=limit)
 
         return await self._read(run)
@@ -297,7 +294,7 @@ class SqliteDeviceQueries(SqliteConnections):
     ) -> DeviceRow | None:
         params = {"id": device_id, "silent_before": now - heartbeat_timeout}
 
-        def run(conn: sqlite3.Connection) -> DeviceRow | None:
+        def run(conn: Db) -> DeviceRow | None:
             conn.execute("BEGIN")
             try:
                 row = conn.execute(

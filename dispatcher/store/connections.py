@@ -1,0 +1,74 @@
+"""What the store's queries run on, whichever database holds the store.
+
+The store's SQL is written once, in the part of SQLite's and PostgreSQL's dialects the two
+share. Each query function takes a :class:`Db`: a ``sqlite3.Connection`` on SQLite, a
+:class:`dispatcher.store.pg_connection.PgConnection` on PostgreSQL. The store's parts reach
+the database only through :class:`StoreConnections`' three methods, which each store kind
+implements over its own threads and connections.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class DbCursor(Protocol):
+    """The part of a DB-API cursor the store uses."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Db(Protocol):
+    """The part of a DB-API connection the store uses (placeholders ``?``, ``?1``, ``:name``)."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> DbCursor: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> DbCursor: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached now (a server restart, a dropped connection). Nothing
+    the failed call was to write was committed — or, for a lost COMMIT, it may have been:
+    callers retry, and every write the engine makes is safe to repeat."""
+
+
+class StoreConnections(ABC):
+    """How a store's parts reach the database: run a function on the writer (one at a time per
+    node; on PostgreSQL, write transactions take a lock shared by every node), or on a reader.
+    """
+
+    @abstractmethod
+    async def _write(self, fn: Callable[[Db], T], *, urgent: bool = False) -> T:
+        """Run ``fn`` on the writer; ``fn`` manages its own transaction. ``urgent`` work (a new
+        warning, its first plan stage, loudspeaker commands) goes before queued bulk work."""
+
+    @abstractmethod
+    async def _write_tx(
+        self, fn: Callable[[Db], T], *, urgent: bool = False, exclusive: bool = True
+    ) -> T:
+        """:meth:`_write` inside one transaction, committed when ``fn`` returns and rolled back
+        when it raises. ``exclusive=False`` is for claims, which lock only the rows they take
+        (``FOR UPDATE SKIP LOCKED``) so that several nodes claim side by side."""
+
+    @abstractmethod
+    async def _read(self, fn: Callable[[Db], T]) -> T:
+        """Run ``fn`` on a reader connection beside the writer."""
+
+    #: ``" FOR UPDATE SKIP LOCKED"`` where the database has row locks; SQLite has one writer.
+    _skip_locked: str = ""
