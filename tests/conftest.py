@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import postgres_server
 import pytest
+from stores import store_kind, store_target
+
+__all__ = ["store_kind", "store_target"]  # fixtures for every test module
 
 # -- the directory (CSV import/export and the synthetic city) ---------------------------------
 
@@ -101,3 +105,26 @@ def dump_directory() -> Callable[[Path], dict[str, list[tuple[Any, ...]]]]:
             conn.close()
 
     return dump
+
+
+# -- the store's two databases (tests/stores.py, tests/postgres_server.py) ---------------------
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return postgres_server.status_line()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if postgres_server.server().dsn is None:
+        terminalreporter.write_line(postgres_server.status_line(), yellow=True, bold=True)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    postgres_server.drop_run_databases()
+
+
+@pytest.fixture
+def postgres_dsn() -> Iterator[str]:
+    """The DSN of a new empty database on the test server (dropped after the test)."""
+    with postgres_server.fresh_database() as dsn:
+        yield dsn

@@ -9,11 +9,24 @@ implements over its own threads and connections.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+
+_PLANNER_HINT = re.compile(r"\s+(?:INDEXED\s+BY\s+\w+|NOT\s+INDEXED)\b")
+
+
+@lru_cache(maxsize=1024)
+def without_hints(sql: str) -> str:
+    """``sql`` without SQLite's planner hints (``INDEXED BY index``, ``NOT INDEXED``), for a
+    database that has none. A few reads name the index SQLite must walk (where, with some
+    statistics, it would rather scan and sort); a hint changes how a statement is run, never
+    what it returns, so dropping one elsewhere leaves the statement meaning the same."""
+    return _PLANNER_HINT.sub("", sql)
 
 
 class DbCursor(Protocol):
@@ -70,5 +83,14 @@ class StoreConnections(ABC):
     async def _read(self, fn: Callable[[Db], T]) -> T:
         """Run ``fn`` on a reader connection beside the writer."""
 
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish queued work and close every connection."""
+
     #: ``" FOR UPDATE SKIP LOCKED"`` where the database has row locks; SQLite has one writer.
     _skip_locked: str = ""
+    #: Whether statements keep SQLite's planner hints (``INDEXED BY``); where False, the
+    #: queries that carry some pass them through :func:`without_hints`.
+    _planner_hints: bool = True
+    #: This dispatcher node's name: the leases it takes carry it (``deliveries.leased_by``).
+    node: str = "tocsin"

@@ -6,6 +6,15 @@ import re
 import sqlite3
 from dataclasses import dataclass
 from importlib import resources
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dispatcher.store.pg_connection import PgConnection
+
+#: The session-scoped advisory lock a node holds while it migrates a PostgreSQL database, so
+#: nodes starting together migrate one at a time (the second finds the work done). Fixed, and
+#: distinct from :data:`dispatcher.store.pg_connection.WRITER_LOCK`.
+MIGRATION_LOCK = 0x70C5_1E00
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -64,6 +73,46 @@ def migrate_sqlite(conn: sqlite3.Connection) -> int:
         conn.execute("COMMIT")
         current = migration.version
     return int(current)
+
+
+def migrate_postgres(conn: PgConnection) -> int:
+    """Bring a PostgreSQL database to the newest schema; return the version it is at.
+
+    The version is the one row of ``schema_version``. Each migration runs as one script (the
+    simple query protocol takes several statements, plpgsql bodies included) in one transaction
+    with its version bump: PostgreSQL's DDL is transactional, so a failed migration leaves
+    nothing behind.
+    """
+    raw = conn.raw
+    available = migrations("postgresql")
+    newest = available[-1].version if available else 0
+    raw.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+    try:
+        with raw.transaction():
+            raw.execute("CREATE TABLE IF NOT EXISTS schema_version (version bigint NOT NULL)")
+            raw.execute(
+                "INSERT INTO schema_version (version) SELECT 0 "
+                "WHERE NOT EXISTS (SELECT 1 FROM schema_version)"
+            )
+        rows = raw.execute("SELECT version FROM schema_version").fetchall()
+        if len(rows) != 1:
+            raise RuntimeError(f"schema_version holds {len(rows)} rows, not one")
+        current = int(rows[0][0])
+        if current > newest:
+            raise SchemaTooNew(
+                f"database schema version {current} is newer than this Tocsin knows ({newest})"
+            )
+        for migration in available:
+            if migration.version <= current:
+                continue
+            with raw.transaction():
+                raw.execute(migration.sql)  # no parameters: the simple query protocol
+                raw.execute("UPDATE schema_version SET version = %s", (migration.version,))
+            current = migration.version
+        return current
+    finally:
+        if not conn.broken:
+            raw.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
 
 
 def _split_sql(script: str) -> list[str]:

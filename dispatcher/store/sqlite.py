@@ -66,7 +66,7 @@ class SqliteStore(SqlStore, SqliteConnections):
     """The :class:`dispatcher.store.base.Store` on one SQLite file."""
 
     @classmethod
-    async def open(cls, path: Path | str) -> SqliteStore:
+    async def open(cls, path: Path | str, *, node: str = "tocsin") -> SqliteStore:
         """Open (creating if needed) and migrate the database."""
         db_path = Path(path)
         if str(db_path) != ":memory:":
@@ -76,6 +76,7 @@ class SqliteStore(SqlStore, SqliteConnections):
             PriorityWriter(),
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="tocsin-sqlite-reader"),
         )
+        store.node = node
         loop = asyncio.get_running_loop()
 
         def open_writer() -> None:
