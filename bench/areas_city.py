@@ -27,7 +27,8 @@ from pydantic import SecretStr
 
 from dispatcher.api.app import ApiDeps, create_app
 from dispatcher.config import ApiRole, ApiToken, CapConfig, hash_token
-from dispatcher.store.sqlite import AREA_COUNT_QUERIES, SqliteStore
+from dispatcher.store.sql_store import AREA_COUNT_QUERIES
+from dispatcher.store.sqlite import SqliteStore
 from dispatcher.warning_service import WarningService
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         "--config", "-c", default=os.environ.get("TOCSIN_CONFIG", "config/demo.toml")
     )
     serve.add_argument("--port", type=int, help="override server.port (0 picks a free port)")
+    serve.add_argument(
+        "--node",
+        help="this node's name among several on one PostgreSQL store (overrides [node] name; "
+        "default: the host name)",
+    )
     serve.set_defaults(handler=_cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file and its policy")
@@ -155,6 +160,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             server = config.settings.server.model_copy(update={"port": args.port})
             settings = config.settings.model_copy(update={"server": server})
             config = config.__class__(**{**_fields(config), "settings": settings})
+        if args.node is not None:
+            config = config.__class__(**{**_fields(config), "node_name": args.node})
         return config
 
     config = load()
@@ -216,7 +223,7 @@ def _cmd_directory_import(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     report = import_directory(
-        config.store_path,
+        config.store_target,
         Path(args.folder),
         skip_bad_rows=args.skip_bad_rows,
         progress=not args.no_progress,
@@ -229,7 +236,7 @@ def _cmd_directory_export(args: argparse.Namespace) -> int:
     from dispatcher.directory.exporter import export_directory
 
     config = load_config(args.config)
-    export_directory(config.store_path, Path(args.folder))
+    export_directory(config.store_target, Path(args.folder))
     print(f"exported to {args.folder}")
     return 0
 

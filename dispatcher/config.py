@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +50,52 @@ class ServerConfig(_Model):
 
 
 class StoreConfig(_Model):
-    #: SQLite database file, relative to the config file's folder unless absolute.
+    #: SQLite database file, relative to the config file's folder unless absolute (the
+    #: embedded default: one node).
     path: str = "var/tocsin.db"
+    #: Or a PostgreSQL database (libpq DSN, ``postgresql://user@host/db`` or ``host=… dbname=…``):
+    #: several nodes may share it. No password here: ``password_secret``, or libpq's own
+    #: ~/.pgpass / PGPASSFILE.
+    dsn: str | None = None
+    #: A secret reference (env:, file:, credential:) holding the database password.
+    password_secret: str | None = None
+
+    @model_validator(mode="after")
+    def _dsn_without_password(self) -> Self:
+        if self.dsn is None:
+            if self.password_secret is not None:
+                raise ValueError("password_secret is for a PostgreSQL dsn; no dsn is given")
+            return self
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            parts = conninfo_to_dict(self.dsn)
+        except ProgrammingError:
+            # Never echo the DSN: it may hold a password.
+            raise ValueError("dsn: not a valid PostgreSQL connection string") from None
+        if parts.get("password"):
+            raise ValueError(
+                "dsn: holds a password; put it in password_secret (a secret reference) instead"
+            )
+        return self
+
+
+class NodeConfig(_Model):
+    """This dispatcher node among several on one PostgreSQL database (docs/deployment.md)."""
+
+    #: The node's name, unique among the nodes on the database (default: the host name);
+    #: ``tocsin serve --node NAME`` overrides it.
+    name: (
+        Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] | None
+    ) = None
+    #: How often the node says it is alive (its row in /v1/nodes).
+    heartbeat: Seconds = 5.0
+    #: A node not heard from for this long is shown as gone.
+    dead_after: Seconds = 30.0
+    #: How often a node not leading the scheduler tries to take the lead; a leader that dies
+    #: is replaced within this (PostgreSQL frees its lock when its connection drops).
+    leader_check: Seconds = 2.0
 
 
 class SyntheticDirectoryConfig(_Model):
@@ -171,6 +216,7 @@ class LoggingConfig(_Model):
 class TocsinConfig(_Model):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
+    node: NodeConfig = NodeConfig()
     directory: DirectoryConfig = DirectoryConfig()
     policy: PolicyConfig = PolicyConfig()
     cap: CapConfig = CapConfig()
@@ -217,6 +263,25 @@ class LoadedConfig:
     tokens: tuple[ApiToken, ...]
     #: The configured adapter instances, their settings validated by their kinds.
     adapters: tuple[AdapterSpec, ...] = ()
+    #: The PostgreSQL DSN with its password resolved; None: the SQLite file ``store_path``.
+    store_dsn: SecretStr | None = None
+    #: This node's name ([node] name, or the host name).
+    node_name: str = "tocsin"
+
+    @property
+    def store_target(self) -> Path | str:
+        """What the directory tools open: the SQLite file, or the PostgreSQL DSN (a secret:
+        never log it; log :attr:`store_location`)."""
+        return self.store_path if self.store_dsn is None else self.store_dsn.get_secret_value()
+
+    @property
+    def store_location(self) -> str:
+        """Where the store is, for logs: the file, or the DSN without a password."""
+        if self.store_dsn is None:
+            return str(self.store_path)
+        from dispatcher.store.pg_base import redact_dsn
+
+        return redact_dsn(self.store_dsn.get_secret_value())
 
 
 def hash_token(token: str) -> str:
@@ -328,6 +393,20 @@ def load_config(path: str | Path) -> LoadedConfig:
                 f"({settings.engine.lease:g}s), or a slow send would be claimed twice"
             )
 
+    store_dsn: SecretStr | None = None
+    if settings.store.dsn is not None:
+        dsn = settings.store.dsn
+        if settings.store.password_secret is not None:
+            try:
+                password = resolve_secret(settings.store.password_secret, base_dir=base)
+            except SecretError as exc:
+                problems.append(f"{config_path}: store.password_secret: {exc}")
+            else:
+                from psycopg.conninfo import make_conninfo
+
+                dsn = make_conninfo(dsn, password=password.get_secret_value())
+        store_dsn = SecretStr(dsn)
+
     if problems or policy is None:
         raise ConfigError(problems)
     return LoadedConfig(
@@ -339,6 +418,8 @@ def load_config(path: str | Path) -> LoadedConfig:
         csv_dir=csv_dir,
         tokens=tuple(tokens),
         adapters=adapters,
+        store_dsn=store_dsn,
+        node_name=settings.node.name or socket.gethostname(),
     )
 
 

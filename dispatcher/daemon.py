@@ -20,10 +20,13 @@ from dispatcher.api.app import ApiDeps, create_app
 from dispatcher.config import LoadedConfig, load_config
 from dispatcher.engine.engine import Engine
 from dispatcher.logging_setup import configure_logging
+from dispatcher.nodes import NodePresence, NodeTimings, nodes_view
 from dispatcher.planning_worker import PlanningWorker
 from dispatcher.reload import LiveConfig, Reloader
 from dispatcher.schedules.runner import ScheduleRunner, start_schedules
 from dispatcher.sd_notify import Notifier, Watchdog, watchdog_interval
+from dispatcher.store.node_queries import NodeNameInUse
+from dispatcher.store.sql_store import SqlStore
 from dispatcher.store.sqlite import SqliteStore
 from dispatcher.warning_service import WarningService
 
@@ -34,7 +37,20 @@ class StartupError(RuntimeError):
     """The daemon cannot start; the message says why and what to do."""
 
 
-async def ensure_directory(config: LoadedConfig, store: SqliteStore) -> None:
+async def open_store(config: LoadedConfig) -> SqlStore:
+    """The configured store: PostgreSQL when ``[store] dsn`` is given, else the SQLite file."""
+    if config.store_dsn is None:
+        return await SqliteStore.open(config.store_path, node=config.node_name)
+    from dispatcher.store.connections import StoreUnavailable
+    from dispatcher.store.postgres import PostgresStore
+
+    try:
+        return await PostgresStore.open(config.store_dsn.get_secret_value(), node=config.node_name)
+    except StoreUnavailable as exc:
+        raise StartupError(f"{exc} (store.dsn in {config.path})") from None
+
+
+async def ensure_directory(config: LoadedConfig, store: SqlStore) -> None:
     """Fill an empty directory from the configured CSV folder or synthetic city."""
     counts = await store.directory_counts()
     if counts["areas"] > 0:
@@ -45,7 +61,7 @@ async def ensure_directory(config: LoadedConfig, store: SqliteStore) -> None:
 
         log.info("importing directory", folder=str(config.csv_dir))
         report = await asyncio.to_thread(
-            import_directory, store.path, config.csv_dir, progress=False
+            import_directory, config.store_target, config.csv_dir, progress=False
         )
         if not report.ok:
             raise StartupError(f"directory import from {config.csv_dir} failed:\n{report}")
@@ -56,7 +72,7 @@ async def ensure_directory(config: LoadedConfig, store: SqliteStore) -> None:
             "generating synthetic directory", **config.settings.directory.synthetic.model_dump()
         )
         await asyncio.to_thread(
-            load_synthetic, store.path, config.settings.directory.synthetic, progress=False
+            load_synthetic, config.store_target, config.settings.directory.synthetic, progress=False
         )
     else:
         log.warning("the directory is empty: import one with `tocsin directory import`")
@@ -96,10 +112,25 @@ async def serve(
 
     async with AsyncExitStack() as stack:
         stack.callback(notifier.close)
-        stack.enter_context(_only_daemon_on(config.store_path))
-        store = await SqliteStore.open(config.store_path)
+        if config.store_dsn is None:
+            # SQLite: one node. PostgreSQL: several, each under its own name (nodes table).
+            stack.enter_context(_only_daemon_on(config.store_path))
+        store = await open_store(config)
         stack.push_async_callback(store.close)
-        log.info("store open", path=str(config.store_path))
+        log.info("store open", store=config.store_location, node=config.node_name)
+        presence = NodePresence(
+            store,
+            name=config.node_name,
+            timings=NodeTimings(
+                heartbeat=config.settings.node.heartbeat,
+                dead_after=config.settings.node.dead_after,
+            ),
+        )
+        try:
+            await presence.start()
+        except NodeNameInUse as exc:
+            raise StartupError(str(exc)) from None
+        stack.push_async_callback(presence.stop)
         stack.push_async_callback(reloader.close)
         # A first start imports the directory: minutes for a city (TimeoutStartSec= allows it).
         notifier.status("starting: loading the directory")
@@ -145,6 +176,7 @@ async def serve(
                 device_heartbeat_timeout=config.settings.engine.device_heartbeat_timeout,
                 webhooks=engine.webhooks(),
                 schedules=schedules.service,
+                nodes=lambda: _nodes(store, config),
             )
         )
         runner = web.AppRunner(
@@ -196,6 +228,18 @@ def _only_daemon_on(store_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+async def _nodes(store: SqlStore, config: LoadedConfig) -> dict[str, object]:
+    import time
+
+    return nodes_view(
+        await store.list_nodes(),
+        now=time.time(),
+        dead_after=config.settings.node.dead_after,
+        leader=None,
+        this_node=config.node_name,
+    )
 
 
 def _unhealthy(engine: Engine, planner: PlanningWorker, schedules: ScheduleRunner) -> str | None:

@@ -68,6 +68,8 @@ def restart_needed(old: LoadedConfig, new: LoadedConfig) -> list[str]:
         if section == "store":
             if old.store_path != new.store_path:
                 changed.append("store.path")
+            if old.settings.store.dsn != new.settings.store.dsn:
+                changed.append("store.dsn")
         elif isinstance(before, dict) and isinstance(after, dict):
             names = sorted(set(before) | set(after), key=lambda n: (n not in before, n))
             changed.extend(
@@ -125,10 +127,10 @@ def apply_live(old: LoadedConfig, new: LoadedConfig) -> LoadedConfig:
     )
 
 
-ImportFn = Callable[[Path, Path], ImportReport]
+ImportFn = Callable[[Path | str, Path], ImportReport]
 
 
-def _import(store_path: Path, folder: Path) -> ImportReport:
+def _import(store_path: Path | str, folder: Path) -> ImportReport:
     from dispatcher.directory.importer import import_directory
 
     return import_directory(store_path, folder, progress=False)
@@ -276,7 +278,7 @@ class Reloader:
             log.info("importing the directory again", folder=str(folder))
             try:
                 report = await asyncio.to_thread(
-                    self._import_directory, self._live.config.store_path, folder
+                    self._import_directory, self._live.config.store_target, folder
                 )
             except Exception as exc:
                 log.error("directory import failed", folder=str(folder), error=str(exc))

@@ -7,6 +7,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from stores import StoreTarget
+
 from dispatcher.domain import (
     Level,
     MsgType,
@@ -15,6 +17,7 @@ from dispatcher.domain import (
     WarningRecord,
     roles_to_mask,
 )
+from dispatcher.store.connections import Db
 from dispatcher.store.sqlite import connect
 
 CITY = "611000000000"
@@ -30,8 +33,16 @@ GM = roles_to_mask({Role.GRID_MEMBER})
 CADRE = roles_to_mask({Role.VILLAGE_CADRE})
 
 
-def fill_small_directory(db: Path) -> None:
-    conn = connect(db)
+#: Where a helper writes: a SQLite file, or a tests/stores.py StoreTarget (either database).
+Target = Path | StoreTarget
+
+
+def open_db(db: Target) -> Db:
+    return db.connect() if isinstance(db, StoreTarget) else connect(db)
+
+
+def fill_small_directory(db: Target) -> None:
+    conn = open_db(db)
     areas = [
         (CITY, "商洛市", "city", None),
         (COUNTY_A, "商州区", "county", CITY),
@@ -132,7 +143,7 @@ def make_warning(
 
 
 def add_person(
-    db: Path,
+    db: Target,
     person_id: str,
     *,
     village: str,
@@ -147,7 +158,7 @@ def add_person(
 
     auto = f"+86139{zlib.crc32(person_id.encode()) % 10**8:08d}"
     number = auto if phone == "auto" else phone
-    conn = connect(db)
+    conn = open_db(db)
     try:
         conn.execute(
             "INSERT INTO persons (id, name, phone, household_id, village_code, roles, "
@@ -167,10 +178,10 @@ def add_person(
         conn.close()
 
 
-def delivery_rows(db: Path, warning_id: str) -> list[tuple[str, str, str, int, str]]:
+def delivery_rows(db: Target, warning_id: str) -> list[tuple[str, str, str, int, str]]:
     """The warning's deliveries as (target, channel, audience, priority, state), sorted; a
     list, so a duplicate shows."""
-    conn = connect(db)
+    conn = open_db(db)
     try:
         rows = conn.execute(
             "SELECT target_id, channel, audience, priority, state FROM deliveries "
@@ -182,9 +193,9 @@ def delivery_rows(db: Path, warning_id: str) -> list[tuple[str, str, str, int, s
     return sorted((r[0], r[1], r[2], int(r[3]), r[4]) for r in rows)
 
 
-def coverage_targets(db: Path, warning_id: str) -> dict[str, tuple[int, int, int]]:
+def coverage_targets(db: Target, warning_id: str) -> dict[str, tuple[int, int, int]]:
     """village → (grid members, households, persons) as the plan recorded them."""
-    conn = connect(db)
+    conn = open_db(db)
     try:
         rows = conn.execute(
             "SELECT village_code, grid_members, households, persons FROM coverage_targets "

@@ -5,6 +5,7 @@ Cancel between stages, and the counts every stage keeps."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
 from collections import Counter
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 from small_directory import (
@@ -30,6 +32,7 @@ from small_directory import (
     fill_small_directory,
     make_warning,
 )
+from stores import StoreTarget
 
 from dispatcher.config import load_policy
 from dispatcher.domain import Level, MsgType, WarningRecord
@@ -37,19 +40,20 @@ from dispatcher.plan_view import build_plan_view
 from dispatcher.planner import device_stage, plan_stages, plan_statements
 from dispatcher.planning_worker import PlanningWorker
 from dispatcher.policy import Policy
-from dispatcher.store.base import PlanResult, PlanStage, VillageRange
-from dispatcher.store.sqlite import SqliteStore
+from dispatcher.store.base import PlanResult, PlanStage, SqlStatement, VillageRange
+from dispatcher.store.sql_store import SqlStore
 
 ROOT = Path(__file__).resolve().parent.parent
+#: What a trigger's refusal raises, on either database.
+DATABASE_ERRORS = (sqlite3.DatabaseError, psycopg.Error)
 #: Every village: (code, persons), as the worker reads them to size chunks.
 VILLAGES = [(VILLAGE_A1a, 4), (VILLAGE_A1b, 2), (VILLAGE_B1a, 2)]
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    db = tmp_path / "t.db"
-    opened = await SqliteStore.open(db)
-    fill_small_directory(db)
+async def store(store_target: StoreTarget) -> AsyncIterator[SqlStore]:
+    opened = await store_target.open()
+    fill_small_directory(store_target)
     yield opened
     await opened.close()
 
@@ -78,7 +82,7 @@ def _policy_file(tmp_path: Path, rules: str) -> Policy:
 
 
 async def _plan(
-    store: SqliteStore,
+    store: SqlStore,
     policy: Policy,
     warning: WarningRecord,
     *,
@@ -94,7 +98,7 @@ async def _plan(
     return result
 
 
-async def _plan_in_one_go(store: SqliteStore, policy: Policy, warning: WarningRecord) -> int:
+async def _plan_in_one_go(store: SqlStore, policy: Policy, warning: WarningRecord) -> int:
     """The same deliveries as one statement per kind and channel, in one stage."""
     await store.create_warning(warning, idempotency=None, now=time.time())
     stage = PlanStage(
@@ -108,27 +112,27 @@ async def _plan_in_one_go(store: SqliteStore, policy: Policy, warning: WarningRe
     return result.deliveries
 
 
-def _rows(store: SqliteStore, warning_id: str) -> set[tuple[str, str, str, int, str]]:
-    rows = delivery_rows(store.path, warning_id)
+def _rows(target: StoreTarget, warning_id: str) -> set[tuple[str, str, str, int, str]]:
+    rows = delivery_rows(target, warning_id)
     assert len(rows) == len(set(rows))
     return set(rows)
 
 
-def _people(store: SqliteStore, warning_id: str) -> set[tuple[str, str, str, int, str]]:
-    return {r for r in _rows(store, warning_id) if r[2] != "device"}
+def _people(target: StoreTarget, warning_id: str) -> set[tuple[str, str, str, int, str]]:
+    return {r for r in _rows(target, warning_id) if r[2] != "device"}
 
 
-def _sql(store: SqliteStore, query: str, *params: object) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(store.path)
+def _sql(target: StoreTarget, query: str, *params: object) -> list[tuple[Any, ...]]:
+    conn = target.connect()
     try:
-        return conn.execute(query, params).fetchall()
+        return [tuple(row) for row in conn.execute(query, params).fetchall()]
     finally:
         conn.close()
 
 
 # -- who gets what, and which step first ---------------------------------------------------------
 async def test_red_village_warning_reaches_exactly_the_expected_targets(
-    store: SqliteStore, policy: Policy
+    store: SqlStore, store_target: StoreTarget, policy: Policy
 ) -> None:
     warning = _warning((VILLAGE_A1a,))
     result = await _plan(store, policy, warning)
@@ -148,18 +152,18 @@ async def test_red_village_warning_reaches_exactly_the_expected_targets(
         ("p04", "sms", "person", 20, "pending"),
         ("p04", "voice", "person", 20, "held"),
     }
-    assert _rows(store, warning.id) == expected
+    assert _rows(store_target, warning.id) == expected
     assert result.deliveries == len(expected)
 
 
 async def test_lives_alone_person_is_called_first_and_texted_if_unanswered(
-    store: SqliteStore, policy: Policy
+    store: SqlStore, store_target: StoreTarget, policy: Policy
 ) -> None:
     # red: lives_alone → voice (priority 20); everyone → sms (priority 40)
-    add_person(store.path, "p09", village=VILLAGE_A1b, household="h3", lives_alone=True)
+    add_person(store_target, "p09", village=VILLAGE_A1b, household="h3", lives_alone=True)
     warning = _warning((VILLAGE_A1b,))
     await _plan(store, policy, warning)
-    people = _people(store, warning.id)
+    people = _people(store_target, warning.id)
     assert ("p09", "voice", "person", 20, "pending") in people
     assert ("p09", "sms", "person", 40, "held") in people
     # the village cadre (sms, voice at red) and the grid member (sms, voice)
@@ -170,12 +174,14 @@ async def test_lives_alone_person_is_called_first_and_texted_if_unanswered(
 
 
 async def test_orange_calls_vulnerable_people_first_and_texts_them_after(
-    store: SqliteStore, policy: Policy
+    store: SqlStore, store_target: StoreTarget, policy: Policy
 ) -> None:
-    add_person(store.path, "p10", village=VILLAGE_A1b, household="h3", roles=CADRE, vulnerable=True)
+    add_person(
+        store_target, "p10", village=VILLAGE_A1b, household="h3", roles=CADRE, vulnerable=True
+    )
     warning = _warning((COUNTY_A,), level=Level.ORANGE)
     await _plan(store, policy, warning)
-    people = _people(store, warning.id)
+    people = _people(store_target, warning.id)
     # p04, vulnerable: orange calls them (voice, 20), the everyone SMS waits
     assert {r for r in people if r[0] == "p04"} == {
         ("p04", "voice", "person", 20, "pending"),
@@ -195,7 +201,9 @@ async def test_orange_calls_vulnerable_people_first_and_texts_them_after(
     assert {r for r in people if r[0] == "p02"} == {("p02", "sms", "person", 40, "pending")}
 
 
-async def test_a_ladder_can_start_with_a_call(store: SqliteStore, tmp_path: Path) -> None:
+async def test_a_ladder_can_start_with_a_call(
+    store: SqlStore, store_target: StoreTarget, tmp_path: Path
+) -> None:
     policy = _policy_file(
         tmp_path,
         '[[levels.LEVEL.rules]]\naudience = "grid_members"\nchannels = ["voice", "sms"]\n'
@@ -203,7 +211,7 @@ async def test_a_ladder_can_start_with_a_call(store: SqliteStore, tmp_path: Path
     )
     warning = _warning((COUNTY_B,))
     await _plan(store, policy, warning)
-    assert _people(store, warning.id) == {
+    assert _people(store_target, warning.id) == {
         ("p07", "voice", "grid_member", 10, "pending"),
         ("p07", "sms", "grid_member", 10, "held"),
         ("p08", "sms", "person", 40, "pending"),
@@ -211,11 +219,11 @@ async def test_a_ladder_can_start_with_a_call(store: SqliteStore, tmp_path: Path
 
 
 async def test_overlapping_targets_plan_each_target_once(
-    store: SqliteStore, policy: Policy
+    store: SqlStore, store_target: StoreTarget, policy: Policy
 ) -> None:
     warning = _warning((COUNTY_A, VILLAGE_A1a, TOWN_A1))
     await _plan(store, policy, warning, chunk_persons=1)
-    rows = _rows(store, warning.id)
+    rows = _rows(store_target, warning.id)
     keys = [(r[0], r[1]) for r in rows]
     assert len(keys) == len(set(keys))
     people = {r[0] for r in rows if r[2] != "device"}
@@ -230,26 +238,30 @@ async def test_overlapping_targets_plan_each_target_once(
     }
 
 
-async def test_blue_warning_texts_grid_members_only(store: SqliteStore, policy: Policy) -> None:
+async def test_blue_warning_texts_grid_members_only(
+    store: SqlStore, store_target: StoreTarget, policy: Policy
+) -> None:
     warning = _warning((CITY,), level=Level.BLUE)
     await _plan(store, policy, warning)
-    assert _rows(store, warning.id) == {
+    assert _rows(store_target, warning.id) == {
         ("p01", "sms", "grid_member", 10, "pending"),
         ("p06", "sms", "grid_member", 10, "pending"),
         ("p07", "sms", "grid_member", 10, "pending"),
     }
 
 
-async def test_cancel_is_planned_to_devices_only(store: SqliteStore, policy: Policy) -> None:
+async def test_cancel_is_planned_to_devices_only(
+    store: SqlStore, store_target: StoreTarget, policy: Policy
+) -> None:
     warning = _warning((VILLAGE_B1a,), msg_type=MsgType.CANCEL)
     await _plan(store, policy, warning)
-    assert _rows(store, warning.id) == {("spk-b1a", "speaker", "device", 0, "pending")}
+    assert _rows(store_target, warning.id) == {("spk-b1a", "speaker", "device", 0, "pending")}
     # its coverage targets are written too, in a stage of their own after the devices
-    assert coverage_targets(store.path, warning.id) == {VILLAGE_B1a: (1, 1, 2)}
+    assert coverage_targets(store_target, warning.id) == {VILLAGE_B1a: (1, 1, 2)}
 
 
 async def test_households_rule_picks_one_member_with_a_phone(
-    store: SqliteStore, tmp_path: Path
+    store: SqlStore, store_target: StoreTarget, tmp_path: Path
 ) -> None:
     policy = _policy_file(
         tmp_path, '[[levels.LEVEL.rules]]\naudience = "households"\nchannels = ["sms"]\n'
@@ -257,8 +269,8 @@ async def test_households_rule_picks_one_member_with_a_phone(
     warning = _warning((COUNTY_A,))
     await _plan(store, policy, warning, chunk_persons=1)
     # h1 → p01 (p01 < p02; p03 has no phone), h2 → p04, h3 → p05
-    assert {r[0] for r in _rows(store, warning.id)} == {"p01", "p04", "p05"}
-    assert {r[2] for r in _rows(store, warning.id)} == {"household"}
+    assert {r[0] for r in _rows(store_target, warning.id)} == {"p01", "p04", "p05"}
+    assert {r[2] for r in _rows(store_target, warning.id)} == {"household"}
 
 
 # -- stages ---------------------------------------------------------------------------------------
@@ -310,15 +322,19 @@ def test_stage_list_devices_first_then_people_tier_by_tier(policy: Policy) -> No
 @pytest.mark.parametrize("level", list(Level))
 @pytest.mark.parametrize("chunk_persons", [None, 1, 3])
 async def test_staged_plan_equals_the_plan_in_one_go(
-    store: SqliteStore, policy: Policy, level: Level, chunk_persons: int | None
+    store: SqlStore,
+    store_target: StoreTarget,
+    policy: Policy,
+    level: Level,
+    chunk_persons: int | None,
 ) -> None:
-    add_person(store.path, "p09", village=VILLAGE_A1b, household="h3", lives_alone=True)
-    add_person(store.path, "p10", village=VILLAGE_B1a, household="h4", roles=GM | CADRE)
+    add_person(store_target, "p09", village=VILLAGE_A1b, household="h3", lives_alone=True)
+    add_person(store_target, "p10", village=VILLAGE_B1a, household="h4", roles=GM | CADRE)
     staged = _warning((CITY,), level=level)
     result = await _plan(store, policy, staged, chunk_persons=chunk_persons)
     one_go = _warning((CITY,), level=level)
     count = await _plan_in_one_go(store, policy, one_go)
-    assert delivery_rows(store.path, staged.id) == delivery_rows(store.path, one_go.id)
+    assert delivery_rows(store_target, staged.id) == delivery_rows(store_target, one_go.id)
     assert result.deliveries == count
     assert await store.delivery_state_counts(staged.id) == await store.delivery_state_counts(
         one_go.id
@@ -329,10 +345,10 @@ async def test_staged_plan_equals_the_plan_in_one_go(
     assert plan_counts == {
         (c.area_code, c.audience, c.channel): c.count for c in await store.plan_counts(one_go.id)
     }
-    assert coverage_targets(store.path, staged.id) == coverage_targets(store.path, one_go.id)
+    assert coverage_targets(store_target, staged.id) == coverage_targets(store_target, one_go.id)
     # one rowid range per stage that wrote rows, each holding only this warning's rows
     ranges = _sql(
-        store,
+        store_target,
         "SELECT first_id, last_id FROM delivery_ranges WHERE warning_seq = "
         "(SELECT seq FROM warnings WHERE id = ?)",
         staged.id,
@@ -343,14 +359,16 @@ async def test_staged_plan_equals_the_plan_in_one_go(
 
 
 async def test_each_stage_is_recorded_and_the_last_one_plans_the_warning(
-    store: SqliteStore, policy: Policy
+    store: SqlStore, store_target: StoreTarget, policy: Policy
 ) -> None:
     warning = _warning((CITY,))
     committed: list[PlanResult] = []
 
     async def on_stage(result: PlanResult) -> None:
         committed.append(result)
-        row = _sql(store, "SELECT plan_stage, planned_at FROM warnings WHERE id = ?", warning.id)
+        row = _sql(
+            store_target, "SELECT plan_stage, planned_at FROM warnings WHERE id = ?", warning.id
+        )
         assert row[0][0] == result.stage
         assert (row[0][1] is not None) == result.planned
         assert sum(c.count for c in await store.plan_counts(warning.id)) == sum(
@@ -374,10 +392,12 @@ async def test_each_stage_is_recorded_and_the_last_one_plans_the_warning(
     assert sum((await store.delivery_state_counts(warning.id)).values()) == result.deliveries
 
 
-async def test_counts_tables_are_right(store: SqliteStore, policy: Policy) -> None:
+async def test_counts_tables_are_right(
+    store: SqlStore, store_target: StoreTarget, policy: Policy
+) -> None:
     warning = _warning((CITY,))
     result = await _plan(store, policy, warning, chunk_persons=1)
-    rows = delivery_rows(store.path, warning.id)
+    rows = delivery_rows(store_target, warning.id)
     by_state = Counter(r[4] for r in rows)
     assert await store.delivery_state_counts(warning.id) == dict(by_state)
     assert by_state == {"pending": 13, "held": 5}
@@ -393,7 +413,7 @@ async def test_counts_tables_are_right(store: SqliteStore, policy: Policy) -> No
         (VILLAGE_A1a, "device", "speaker"): 1,
     }
     # per village: distinct grid members, households, persons (with a phone or not)
-    assert coverage_targets(store.path, warning.id) == {
+    assert coverage_targets(store_target, warning.id) == {
         VILLAGE_A1a: (1, 2, 4),
         VILLAGE_A1b: (1, 1, 2),
         VILLAGE_B1a: (1, 1, 2),
@@ -401,10 +421,10 @@ async def test_counts_tables_are_right(store: SqliteStore, policy: Policy) -> No
     # only the covered villages
     village = _warning((VILLAGE_A1b,), level=Level.BLUE)
     await _plan(store, policy, village)
-    assert coverage_targets(store.path, village.id) == {VILLAGE_A1b: (1, 1, 2)}
+    assert coverage_targets(store_target, village.id) == {VILLAGE_A1b: (1, 1, 2)}
 
 
-async def test_plan_counts_roll_up_the_area_tree(store: SqliteStore, policy: Policy) -> None:
+async def test_plan_counts_roll_up_the_area_tree(store: SqlStore, policy: Policy) -> None:
     warning = _warning((CITY,))
     total = (await _plan(store, policy, warning, chunk_persons=1)).deliveries
     counts = await store.plan_counts(warning.id)
@@ -428,7 +448,7 @@ async def test_plan_counts_roll_up_the_area_tree(store: SqliteStore, policy: Pol
     assert {a["level"] for a in county_only["areas"]} == {"city", "county"}
 
 
-async def test_stages_run_in_order(store: SqliteStore, policy: Policy) -> None:
+async def test_stages_run_in_order(store: SqlStore, policy: Policy) -> None:
     warning = _warning((CITY,))
     await store.create_warning(warning, idempotency=None, now=time.time())
     stages = plan_stages(warning, policy, now=time.time(), villages=VILLAGES, chunk_persons=1)
@@ -441,28 +461,67 @@ async def test_stages_run_in_order(store: SqliteStore, policy: Policy) -> None:
     assert sum((await store.delivery_state_counts(warning.id)).values()) == 6
 
 
-async def test_first_stage_metric(store: SqliteStore, policy: Policy) -> None:
+async def test_a_failed_stage_leaves_nothing_and_the_plan_still_counts_right(
+    store: SqlStore, store_target: StoreTarget, policy: Policy
+) -> None:
+    warning = _warning((CITY,))
+    await store.create_warning(warning, idempotency=None, now=time.time())
+    stages = plan_stages(warning, policy, now=time.time(), villages=VILLAGES, chunk_persons=1)
+    # The devices are inserted, then the stage fails: rolled back (on PostgreSQL the ids the
+    # insert took are gone for good, so the next stage's range does not follow max(id)).
+    broken = dataclasses.replace(
+        stages[0],
+        statements=(*stages[0].statements, SqlStatement("INSERT INTO no_such_table VALUES (1)")),
+    )
+    with pytest.raises(DATABASE_ERRORS):
+        await store.execute_plan(warning.id, broken, now=time.time())
+    assert delivery_rows(store_target, warning.id) == []
+    assert await store.delivery_state_counts(warning.id) == {}
+    for stage in stages:
+        assert (await store.execute_plan(warning.id, stage, now=time.time())).committed
+    rows = delivery_rows(store_target, warning.id)
+    assert sum((await store.delivery_state_counts(warning.id)).values()) == len(rows)
+    assert sum(c.count for c in await store.plan_counts(warning.id)) == len(rows)
+    events = await store.warning_events(warning.id)
+    assert events[-1].detail == {"deliveries": len(rows), "plan_stage": len(stages)}
+    # each stage's range holds exactly its rows, from the first to the last
+    ranges = _sql(
+        store_target,
+        "SELECT r.first_id, r.last_id, count(d.id), min(d.id), max(d.id) "
+        "FROM delivery_ranges r JOIN deliveries d ON d.id BETWEEN r.first_id AND r.last_id "
+        "WHERE r.warning_seq = (SELECT seq FROM warnings WHERE id = ?) "
+        "GROUP BY r.first_id, r.last_id",
+        warning.id,
+    )
+    assert len(ranges) > 4
+    for first, last, n, low, high in ranges:
+        assert (low, high, n) == (first, last, last - first + 1)
+    assert sum(int(r[2]) for r in ranges) == len(rows)
+
+
+async def test_first_stage_metric(
+    store: SqlStore, store_target: StoreTarget, policy: Policy
+) -> None:
     registry = CollectorRegistry()
     await _plan(store, policy, _warning((CITY,)), registry=registry)
     assert registry.get_sample_value("tocsin_plan_first_stage_seconds_count") == 1
     assert registry.get_sample_value("tocsin_deliveries_planned_total") == len(
-        await _all_deliveries(store)
+        _all_deliveries(store_target)
     )
 
 
-async def _all_deliveries(store: SqliteStore) -> list[tuple[Any, ...]]:
-    return _sql(store, "SELECT id FROM deliveries")
+def _all_deliveries(target: StoreTarget) -> list[tuple[Any, ...]]:
+    return _sql(target, "SELECT id FROM deliveries")
 
 
 # -- restart and stop between stages ----------------------------------------------------------
 @pytest.mark.parametrize("stages_before_crash", [1, 2, 4, 6])
 async def test_a_plan_resumes_after_its_last_committed_stage(
-    tmp_path: Path, policy: Policy, stages_before_crash: int
+    store_target: StoreTarget, policy: Policy, stages_before_crash: int
 ) -> None:
-    db = tmp_path / "t.db"
-    store = await SqliteStore.open(db)
-    fill_small_directory(db)
-    add_person(db, "p09", village=VILLAGE_A1b, household="h3", lives_alone=True)
+    store = await store_target.open()
+    fill_small_directory(store_target)
+    add_person(store_target, "p09", village=VILLAGE_A1b, household="h3", lives_alone=True)
     warning = _warning((CITY,))
     await store.create_warning(warning, idempotency=None, now=time.time())
     stages = plan_stages(warning, policy, now=time.time(), villages=VILLAGES, chunk_persons=1)
@@ -471,7 +530,7 @@ async def test_a_plan_resumes_after_its_last_committed_stage(
         assert (await store.execute_plan(warning.id, stage, now=time.time())).committed
     await store.close()  # the daemon stops here
 
-    store = await SqliteStore.open(db)
+    store = await store_target.open()
     try:
         assert await store.unplanned_warning_ids() == [warning.id]
         registry = CollectorRegistry()
@@ -482,7 +541,9 @@ async def test_a_plan_resumes_after_its_last_committed_stage(
         assert await store.unplanned_warning_ids() == []
         one_go = _warning((CITY,))
         count = await _plan_in_one_go(store, policy, one_go)
-        assert delivery_rows(db, warning.id) == delivery_rows(db, one_go.id)  # no duplicates
+        assert delivery_rows(store_target, warning.id) == delivery_rows(
+            store_target, one_go.id
+        )  # no duplicates
         assert sum((await store.delivery_state_counts(warning.id)).values()) == count
         assert await store.delivery_state_counts(warning.id) == await store.delivery_state_counts(
             one_go.id
@@ -490,7 +551,9 @@ async def test_a_plan_resumes_after_its_last_committed_stage(
         assert sorted(await store.plan_counts(warning.id), key=repr) == sorted(
             (await store.plan_counts(one_go.id)), key=repr
         )
-        assert coverage_targets(db, warning.id) == coverage_targets(db, one_go.id)
+        assert coverage_targets(store_target, warning.id) == coverage_targets(
+            store_target, one_go.id
+        )
         events = await store.warning_events(warning.id)
         assert [e.state for e in events] == ["received", "planned"]
         assert events[-1].detail == {"deliveries": count, "plan_stage": 10}
@@ -498,7 +561,9 @@ async def test_a_plan_resumes_after_its_last_committed_stage(
         await store.close()
 
 
-async def test_a_cancel_between_stages_stops_the_plan(store: SqliteStore, policy: Policy) -> None:
+async def test_a_cancel_between_stages_stops_the_plan(
+    store: SqlStore, store_target: StoreTarget, policy: Policy
+) -> None:
     warning = _warning((CITY,))
     await store.create_warning(warning, idempotency=None, now=time.time())
     cancel = _warning((CITY,), msg_type=MsgType.CANCEL)
@@ -518,8 +583,10 @@ async def test_a_cancel_between_stages_stops_the_plan(store: SqliteStore, policy
     assert result.deliveries == written
     # what was planned was stopped with the warning; nothing was planned after it
     assert await store.delivery_state_counts(warning.id) == {"cancelled": written}
-    assert len(delivery_rows(store.path, warning.id)) == written
-    assert _sql(store, "SELECT planned_at FROM warnings WHERE id = ?", warning.id) == [(None,)]
+    assert len(delivery_rows(store_target, warning.id)) == written
+    assert _sql(store_target, "SELECT planned_at FROM warnings WHERE id = ?", warning.id) == [
+        (None,)
+    ]
     assert warning.id not in await store.unplanned_warning_ids()
     events = [e.state for e in await store.warning_events(warning.id)]
     assert events[0] == "received"
@@ -529,7 +596,7 @@ async def test_a_cancel_between_stages_stops_the_plan(store: SqliteStore, policy
 
 # -- stopping -------------------------------------------------------------------------------------
 async def test_update_supersedes_pending_and_held_deliveries_at_once(
-    store: SqliteStore, policy: Policy
+    store: SqlStore, policy: Policy
 ) -> None:
     old = _warning((VILLAGE_A1a,))
     planned = (await _plan(store, policy, old)).deliveries
@@ -549,21 +616,23 @@ async def test_update_supersedes_pending_and_held_deliveries_at_once(
     assert (retry.planned, retry.stopped) == (False, True)
 
 
-async def test_delivery_events_are_append_only(store: SqliteStore, policy: Policy) -> None:
+async def test_delivery_events_are_append_only(
+    store: SqlStore, store_target: StoreTarget, policy: Policy
+) -> None:
     warning = _warning((VILLAGE_A1a,))
     await _plan(store, policy, warning)
-    conn = sqlite3.connect(store.path)
+    conn = store_target.connect()
     try:
-        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        with pytest.raises(DATABASE_ERRORS, match="append-only"):
             conn.execute("UPDATE delivery_events SET state = 'x'")
-        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        with pytest.raises(DATABASE_ERRORS, match="append-only"):
             conn.execute("DELETE FROM delivery_events")
     finally:
         conn.close()
 
 
 async def test_stopping_one_warning_leaves_the_others_alone(
-    store: SqliteStore, policy: Policy
+    store: SqlStore, policy: Policy
 ) -> None:
     first = _warning((VILLAGE_A1a,))
     second = _warning((CITY,))

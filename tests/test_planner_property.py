@@ -6,9 +6,7 @@ one (held) — both in one go and in stages of village chunks of any size."""
 from __future__ import annotations
 
 import sqlite3
-import tempfile
 import time
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,12 +20,13 @@ from small_directory import (
     VILLAGE_B1a,
     make_warning,
 )
+from stores import StoreTarget
 
 from dispatcher.domain import Channel, Level, Role, Status
 from dispatcher.planner import plan_stages, plan_statements
 from dispatcher.policy import AudienceSelector, Policy
+from dispatcher.store.connections import Db
 from dispatcher.store.migrations import migrate_sqlite
-from dispatcher.store.sqlite import connect
 
 VILLAGES = (VILLAGE_A1a, VILLAGE_A1b, VILLAGE_B1a)
 UNDER = {
@@ -65,9 +64,7 @@ rules = st.lists(
 targets = st.sets(st.sampled_from(sorted(UNDER)), min_size=1, max_size=3)
 
 
-def _directory(
-    conn: sqlite3.Connection, persons: list[tuple[str, int, bool, bool, bool, int]]
-) -> None:
+def _directory(conn: Db, persons: list[tuple[str, int, bool, bool, bool, int]]) -> None:
     areas = [
         (CITY, "city", "city", None),
         (COUNTY_A, "a", "county", CITY),
@@ -80,11 +77,20 @@ def _directory(
     conn.executemany("INSERT INTO areas VALUES (?,?,?,?)", areas)
     for ancestor, below in UNDER.items():
         for village in below | {ancestor}:
-            conn.execute("INSERT OR IGNORE INTO area_closure VALUES (?,?,0)", (ancestor, village))
-    conn.execute(f"INSERT OR IGNORE INTO area_closure VALUES ('{COUNTY_A}', '{TOWN_A1}', 1)")
-    conn.execute(f"INSERT OR IGNORE INTO area_closure VALUES ('{CITY}', '{TOWN_A1}', 2)")
-    conn.execute(f"INSERT OR IGNORE INTO area_closure VALUES ('{CITY}', '{COUNTY_A}', 1)")
-    conn.execute(f"INSERT OR IGNORE INTO area_closure VALUES ('{CITY}', '{COUNTY_B}', 1)")
+            conn.execute(
+                "INSERT INTO area_closure VALUES (?,?,0) ON CONFLICT DO NOTHING",
+                (ancestor, village),
+            )
+    for ancestor, descendant, depth in (
+        (COUNTY_A, TOWN_A1, 1),
+        (CITY, TOWN_A1, 2),
+        (CITY, COUNTY_A, 1),
+        (CITY, COUNTY_B, 1),
+    ):
+        conn.execute(
+            "INSERT INTO area_closure VALUES (?,?,?) ON CONFLICT DO NOTHING",
+            (ancestor, descendant, depth),
+        )
     for village in VILLAGES:
         conn.execute("INSERT INTO grids VALUES (?,?,'')", (f"g{village}", village))
         for n in range(4):
@@ -159,7 +165,12 @@ def _expected(
     return sorted(expected)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=80,
+    deadline=None,
+    # One database for every example: each runs in a transaction it rolls back.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     persons=people,
     policy_rules=rules,
@@ -167,6 +178,7 @@ def _expected(
     chunk_persons=st.integers(min_value=1, max_value=12),
 )
 def test_planner_matches_a_plain_reading_of_the_policy(
+    store_target: StoreTarget,
     persons: list[tuple[str, int, bool, bool, bool, int]],
     policy_rules: list[tuple[AudienceSelector, tuple[Channel, ...]]],
     areas: set[str],
@@ -186,9 +198,10 @@ def test_planner_matches_a_plain_reading_of_the_policy(
     )
     staged = [statement for stage in stages for statement in stage.statements]
 
-    with tempfile.TemporaryDirectory() as folder:
-        conn = connect(Path(folder) / "t.db")
-        migrate_sqlite(conn)
+    conn = store_target.connect()
+    try:
+        if isinstance(conn, sqlite3.Connection):
+            migrate_sqlite(conn)  # (PostgreSQL's test databases are migrated already)
         conn.execute("BEGIN")
         _directory(conn, persons)
         conn.execute(
@@ -204,12 +217,14 @@ def test_planner_matches_a_plain_reading_of_the_policy(
             for statement in statements:
                 conn.execute(statement.sql, statement.params)
             got[name] = sorted(
-                conn.execute(
+                tuple(row)
+                for row in conn.execute(
                     "SELECT target_id, channel, audience, priority, state FROM deliveries "
                     "WHERE audience != 'device'"
                 ).fetchall()
             )
         conn.execute("ROLLBACK")
+    finally:
         conn.close()
     assert got["one go"] == expected
     assert got["staged"] == expected

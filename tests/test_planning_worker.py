@@ -12,23 +12,23 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 from small_directory import COUNTY_A, fill_small_directory, make_warning
+from stores import StoreTarget
 
 from dispatcher.config import load_policy
 from dispatcher.domain import MsgType, WarningRecord, WarningState
 from dispatcher.planner import plan_stages
 from dispatcher.planning_worker import PlanningWorker
 from dispatcher.store.base import PlanResult
-from dispatcher.store.sqlite import SqliteStore
+from dispatcher.store.sql_store import SqlStore
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = load_policy(ROOT / "config" / "policy.toml")
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    db = tmp_path / "t.db"
-    opened = await SqliteStore.open(db)
-    fill_small_directory(db)
+async def store(store_target: StoreTarget) -> AsyncIterator[SqlStore]:
+    opened = await store_target.open()
+    fill_small_directory(store_target)
     yield opened
     await opened.close()
 
@@ -37,7 +37,7 @@ def _warning(ident: str, expires_in: timedelta) -> WarningRecord:
     return make_warning((COUNTY_A,), ident=ident, expires_in=expires_in)
 
 
-async def test_unplanned_warnings_are_planned_at_start(store: SqliteStore) -> None:
+async def test_unplanned_warnings_are_planned_at_start(store: SqlStore) -> None:
     for ident in ("left-1", "left-2"):
         await store.create_warning(
             _warning(ident, timedelta(hours=1)), idempotency=None, now=time.time()
@@ -61,7 +61,7 @@ async def test_unplanned_warnings_are_planned_at_start(store: SqliteStore) -> No
     assert registry.get_sample_value("tocsin_plan_first_stage_seconds_count") == 2
 
 
-async def test_warning_expired_before_planning_is_recorded_not_sent(store: SqliteStore) -> None:
+async def test_warning_expired_before_planning_is_recorded_not_sent(store: SqlStore) -> None:
     await store.create_warning(
         _warning("late", timedelta(minutes=5)), idempotency=None, now=time.time()
     )
@@ -78,7 +78,7 @@ async def test_warning_expired_before_planning_is_recorded_not_sent(store: Sqlit
 
 
 async def test_a_plan_interrupted_after_some_stages_is_finished_at_start(
-    store: SqliteStore,
+    store: SqlStore,
 ) -> None:
     warning = _warning("half", timedelta(hours=1))
     await store.create_warning(warning, idempotency=None, now=time.time())
@@ -106,7 +106,7 @@ async def test_a_plan_interrupted_after_some_stages_is_finished_at_start(
 
 
 async def test_a_warning_cancelled_while_planned_stops_and_is_not_retried(
-    store: SqliteStore,
+    store: SqlStore,
 ) -> None:
     warning = _warning("stop-me", timedelta(hours=1))
     await store.create_warning(warning, idempotency=None, now=time.time())

@@ -3,10 +3,8 @@ idempotency, audit — each rejection changes nothing."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -18,11 +16,12 @@ from small_directory import (
     VILLAGE_A1b,
     fill_small_directory,
 )
+from stores import StoreTarget
 
 from dispatcher.config import ApiRole, CapConfig
 from dispatcher.domain import Level, MsgType, Status, WarningRecord, WarningState
 from dispatcher.store.base import IdempotencyClaim
-from dispatcher.store.sqlite import SqliteStore
+from dispatcher.store.sql_store import SqlStore
 from dispatcher.warning_input import CancelRequest, WarningChange, WarningInput, cap_reference
 from dispatcher.warning_service import Principal, WarningRejected, WarningService
 
@@ -31,8 +30,9 @@ OFFICER = Principal("desk-1", ApiRole.DUTY_OFFICER)
 
 
 class Harness:
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: SqlStore, target: StoreTarget) -> None:
         self.store = store
+        self.target = target
         self.now = NOW.timestamp()
         self.queued: list[str] = []
         self.service = WarningService(
@@ -43,10 +43,10 @@ class Harness:
         )
 
     def counts(self) -> tuple[int, int, int]:
-        conn = sqlite3.connect(self.store.path)
+        conn = self.target.connect()
         try:
             return tuple(  # type: ignore[return-value]
-                conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
                 for t in ("warnings", "audit_log", "idempotency_keys")
             )
         finally:
@@ -54,11 +54,10 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    db = tmp_path / "t.db"
-    store = await SqliteStore.open(db)
-    fill_small_directory(db)
-    yield Harness(store)
+async def harness(store_target: StoreTarget) -> AsyncIterator[Harness]:
+    store = await store_target.open()
+    fill_small_directory(store_target)
+    yield Harness(store, store_target)
     await store.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -41,6 +42,8 @@ class ApiDeps:
     webhooks: Sequence[tuple[str, WebhookRoute]] = ()
     #: Scheduled test broadcasts and drills (None: the /v1/schedules endpoints answer 503).
     schedules: ScheduleService | None = None
+    #: The body of GET /v1/nodes: the nodes on the database (None: the endpoint answers 503).
+    nodes: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
 
 DEPS_KEY = web.AppKey("tocsin_api_deps", ApiDeps)

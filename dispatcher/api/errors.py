@@ -14,6 +14,7 @@ from aiohttp.typedefs import Handler
 from dispatcher.api.deps import PRINCIPAL_KEY
 from dispatcher.api.metrics import METRICS_KEY, route_label
 from dispatcher.api.responses import json_response
+from dispatcher.store.connections import StoreUnavailable
 from dispatcher.warning_service import WarningRejected
 
 log = structlog.get_logger(__name__)
@@ -107,6 +108,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         error = _from_http_exception(exc)
     except asyncio.CancelledError:
         raise
+    except StoreUnavailable as exc:
+        # The database is away (a restart, a failover): ask to retry (with the same
+        # Idempotency-Key, a warning whose COMMIT was lost on the way is not made twice).
+        log.warning("store unavailable", route=route_label(request), error=str(exc))
+        error = ApiError(
+            503,
+            "store_unavailable",
+            "the database cannot be reached now; retry shortly (with the same Idempotency-Key)",
+            headers={"Retry-After": "2"},
+        )
     except Exception:
         # The traceback goes to the log only; the client learns nothing about the internals.
         principal = request.get(PRINCIPAL_KEY)

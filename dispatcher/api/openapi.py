@@ -545,6 +545,35 @@ _RESPONSE_SCHEMAS: dict[str, Schema] = {
         }
     ),
     "AdapterList": _object({"adapters": {"type": "array", "items": _ref("AdapterStatus")}}),
+    "Node": {
+        **_object(
+            {
+                "name": _STRING,
+                "state": {"type": "string", "enum": ["alive", "gone", "stopped"]},
+                "host": _STRING,
+                "pid": {"type": "integer"},
+                "version": _STRING,
+                "api_url": _nullable(_STRING),
+                "started_at": _DATETIME,
+                "seen_at": _DATETIME,
+                "seen_seconds_ago": {"type": "number", "minimum": 0},
+                "stopped_at": _nullable(_DATETIME),
+                "leases": {"type": "integer", "minimum": 0},
+                "lease_expires_at": _nullable(_DATETIME),
+                "scheduler_leader": {"type": "boolean"},
+            }
+        ),
+        "description": "A dispatcher node on this database. leases: deliveries it is sending "
+        "now; lease_expires_at: when the first of them runs out (a gone node's leases are "
+        "taken over then).",
+    },
+    "NodeList": _object(
+        {
+            "this_node": _STRING,
+            "scheduler_leader": _nullable(_STRING),
+            "nodes": {"type": "array", "items": _ref("Node")},
+        }
+    ),
     **_DEVICE_SCHEMAS,
     **_COVERAGE_SCHEMAS,
     **_REPORT_SCHEMAS,
@@ -1300,6 +1329,14 @@ def _operations() -> dict[str, Schema]:
             "`ready`, `not_ready` (its start failed; retried with backoff) or `paused` (its "
             "circuit breaker is open); batches in flight; its rate limit.",
             "responses": {"200": _json("The adapter instances", "AdapterList")},
+        },
+        "listNodes": {
+            "tags": ["operations"],
+            "summary": "The dispatcher nodes on this database",
+            "description": "Every node that has run on the database: alive (heard from within "
+            "[node] dead_after), gone (not heard from: its leases expire and are taken over) "
+            "or stopped; the deliveries each is sending; which node runs the schedules.",
+            "responses": {"200": _json("The nodes", "NodeList"), "503": _error(503)},
         },
         "getOpenApi": {
             "tags": ["operations"],

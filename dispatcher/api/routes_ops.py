@@ -1,7 +1,7 @@
 """Operations endpoints: liveness, readiness, Prometheus metrics and the OpenAPI document
-(without a token), and the adapter instances' state (staff roles). /metrics carries counts
-only (no warning text, no tokens); bind the server to loopback or a management network, or put
-it behind a proxy, where that is not acceptable."""
+(without a token), and the adapter instances' and the nodes' state (staff roles). /metrics
+carries counts only (no warning text, no tokens); bind the server to loopback or a management
+network, or put it behind a proxy, where that is not acceptable."""
 
 from __future__ import annotations
 
@@ -50,6 +50,13 @@ async def list_adapters(request: web.Request) -> web.Response:
     return json_response({"adapters": status() if status is not None else []})
 
 
+async def list_nodes(request: web.Request) -> web.Response:
+    nodes = request.app[DEPS_KEY].nodes
+    if nodes is None:
+        raise ApiError(503, "not_ready", "no dispatcher node runs in this process")
+    return json_response(await nodes())
+
+
 async def metrics(request: web.Request) -> web.Response:
     payload = generate_latest(request.app[DEPS_KEY].registry)
     return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -65,4 +72,5 @@ ENDPOINTS = (
     Endpoint("GET", "/metrics", metrics, "metrics", None),
     Endpoint("GET", "/v1/openapi.json", openapi_document, "getOpenApi", None),
     Endpoint("GET", "/v1/adapters", list_adapters, "listAdapters", STAFF_ROLES),
+    Endpoint("GET", "/v1/nodes", list_nodes, "listNodes", STAFF_ROLES),
 )

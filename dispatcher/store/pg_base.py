@@ -44,6 +44,7 @@ def redact_dsn(dsn: str) -> str:
 
 class PgConnections(StoreConnections):
     _skip_locked = " FOR UPDATE SKIP LOCKED"
+    _planner_hints = False
 
     def __init__(
         self, dsn: str, writer: PriorityWriter, reader: ThreadPoolExecutor, *, node: str
@@ -77,7 +78,18 @@ class PgConnections(StoreConnections):
         if self._closed:
             raise RuntimeError("store is closed")
         if self._rconn is None or self._rconn.broken:
-            self._rconn = self._connect("reader")
+            conn = self._connect("reader")
+            # A read transaction (BEGIN … COMMIT: a page of the log, a coverage roll-up) sees
+            # one snapshot, as on SQLite; at READ COMMITTED each statement would see its own.
+            # Reads only: a repeatable-read transaction that writes nothing never fails.
+            try:
+                conn.raw.execute("SET default_transaction_isolation = 'repeatable read'")
+            except psycopg.OperationalError as exc:
+                conn.close()
+                raise StoreUnavailable(
+                    f"lost the connection to PostgreSQL: {_first_line(exc)}"
+                ) from exc
+            self._rconn = conn
         return self._rconn
 
     def _run(self, conn_of: Callable[[], PgConnection], fn: Callable[[PgConnection], T]) -> T:

@@ -35,6 +35,7 @@ from dispatcher.store.coverage_queries import CoverageQueries
 from dispatcher.store.device_queries import DeviceQueries
 from dispatcher.store.engine_ops import EngineOps
 from dispatcher.store.log_queries import LogQueries
+from dispatcher.store.node_queries import NodeQueries
 from dispatcher.store.report_queries import ReportQueries
 from dispatcher.store.schedule_queries import ScheduleQueries
 from dispatcher.store.stop import log_warning_event as _log_warning_event
@@ -79,6 +80,7 @@ AREA_COUNT_QUERIES: dict[str, str] = {
 
 class SqlStore(
     EngineOps,
+    NodeQueries,
     LogQueries,
     CoverageQueries,
     DeviceQueries,
@@ -169,9 +171,11 @@ class SqlStore(
         key = "a.code" if under is None else "c.descendant"
         where = [f"{key} > ?"]
         params: list[Any] = [after or ""]
-        if name is not None:
-            # instr, not LIKE: '%' and '_' in a name are just characters.
-            where.append("instr(a.name, ?) > 0")
+        if name:
+            # Contains the text, literally: '%' and '_' are just characters (not LIKE), and
+            # case counts, on both databases (SQLite's instr is PostgreSQL's strpos: neither
+            # has the other's). Replacing a non-empty text changes the name iff it occurs.
+            where.append("replace(a.name, ?, '') <> a.name")
             params.append(name)
         if level is not None:
             where.append("a.level = ?")
@@ -322,7 +326,8 @@ class SqlStore(
             ),
         )
         conn.executemany(
-            "INSERT OR IGNORE INTO warning_areas (warning_id, area_code) VALUES (?, ?)",
+            "INSERT INTO warning_areas (warning_id, area_code) VALUES (?, ?) "
+            "ON CONFLICT DO NOTHING",
             [(warning.id, code) for code in warning.area_codes],
         )
         if idempotency is not None:
@@ -568,7 +573,8 @@ _COVERED_VILLAGES = (
     "AND a.level = 'village'"
 )
 # Coverage denominators per covered village, each counted through an index without reading
-# table rows (grids_village, grid_members' key, households_grid, persons_village).
+# table rows (grids_village, grid_members' key, households_grid, persons_village). The
+# ``WHERE true`` is SQLite's: an upsert's SELECT needs a WHERE to tell its ON from a join's.
 _COVERAGE_TARGETS = (
     "INSERT INTO coverage_targets (warning_seq, village_code, grid_members, households, "
     "persons) SELECT ?, v.code, "
@@ -577,7 +583,7 @@ _COVERAGE_TARGETS = (
     "(SELECT count(*) FROM grids g JOIN households h ON h.grid_id = g.id "
     "WHERE g.village_code = v.code), "
     "(SELECT count(*) FROM persons p WHERE p.village_code = v.code) "
-    "FROM ({villages}) v WHERE 1 "
+    "FROM ({villages}) v WHERE true "
     "ON CONFLICT (warning_seq, village_code) DO NOTHING"
 )
 
@@ -605,32 +611,42 @@ def _plan_stage_tx(
         )
     count = 0
     if stage.statements:
-        (first_id,) = conn.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()
+        (before,) = conn.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()
         for statement in stage.statements:
-            conn.execute(statement.sql, statement.params)
-        (last_id,) = conn.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()
-        count = int(last_id) - int(first_id)
+            count += conn.execute(statement.sql, statement.params).rowcount
     if count:
-        # The stage's rows are one contiguous rowid range (one writer, one transaction):
-        # counting them is a sequential scan of pages still in cache.
+        # The stage's rows are one contiguous id range: every insert into deliveries holds the
+        # writer lock, and this stage's ran in one transaction. The range need not start at
+        # ``before + 1``: a PostgreSQL sequence skips the ids of rolled-back inserts.
+        (first_id,) = conn.execute(
+            "SELECT id FROM deliveries WHERE id > ? ORDER BY id LIMIT 1", (before,)
+        ).fetchone()
+        (last_id,) = conn.execute("SELECT max(id) FROM deliveries").fetchone()
+        first_id, last_id = int(first_id), int(last_id)
+        if last_id - first_id + 1 != count:
+            raise RuntimeError(
+                f"plan stage {stage.number} of warning {warning_id} wrote {count} deliveries "
+                f"with ids {first_id}..{last_id}: not one range (another writer?)"
+            )
+        # Counting them is a sequential scan of pages still in cache.
         conn.execute(
             "INSERT INTO plan_counts (warning_id, area_code, audience, channel, count) "
             "SELECT ?, area_code, audience, channel, count(*) FROM deliveries "
-            "WHERE id > ? AND id <= ? GROUP BY area_code, audience, channel "
+            "WHERE id BETWEEN ? AND ? GROUP BY area_code, audience, channel "
             "ON CONFLICT (warning_id, area_code, audience, channel) "
             "DO UPDATE SET count = plan_counts.count + excluded.count",
             (warning_id, first_id, last_id),
         )
         conn.execute(
             "INSERT INTO delivery_state_counts (warning_seq, state, n) "
-            "SELECT ?, state, count(*) FROM deliveries WHERE id > ? AND id <= ? GROUP BY state "
+            "SELECT ?, state, count(*) FROM deliveries WHERE id BETWEEN ? AND ? GROUP BY state "
             "ON CONFLICT (warning_seq, state) "
             "DO UPDATE SET n = delivery_state_counts.n + excluded.n",
             (seq, first_id, last_id),
         )
         conn.execute(
             "INSERT INTO delivery_ranges (warning_seq, first_id, last_id) VALUES (?, ?, ?)",
-            (seq, first_id + 1, last_id),
+            (seq, first_id, last_id),
         )
     if stage.coverage is not None:
         villages = _COVERED_VILLAGES

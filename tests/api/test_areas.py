@@ -11,7 +11,7 @@ import pytest
 
 from api.harness import CITY, COUNTY, OTHER_COUNTY, TOWN, VILLAGE, Api
 from dispatcher.config import ApiRole
-from dispatcher.store.sqlite import AREA_COUNT_QUERIES
+from dispatcher.store.sql_store import AREA_COUNT_QUERIES
 
 PROVINCE = "610000000000"
 KINDS = ("loudspeaker", "modem", "transmitter")
