@@ -57,6 +57,7 @@ TEXT = "【演练，非真实预警】商州区暴雨红色预警：请立即转
 
 class _Context:
     adapter_name = "bench"
+    node_name = "bench"
 
     def report(self, report: Report) -> None:
         pass

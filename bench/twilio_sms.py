@@ -160,6 +160,10 @@ class Context:
     def adapter_name(self) -> str:
         return self._name
 
+    @property
+    def node_name(self) -> str:
+        return "bench"
+
     def report(self, report: Report) -> None:
         self.reports += 1
 

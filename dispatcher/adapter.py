@@ -178,6 +178,12 @@ class AdapterContext(Protocol):
     @property
     def adapter_name(self) -> str: ...
 
+    @property
+    def node_name(self) -> str:
+        """This dispatcher node's name (``tocsin serve --node``), unique among the nodes on one
+        database: an adapter that several nodes run at once tells its connections apart by it
+        (MQTT client ids)."""
+
     def report(self, report: Report) -> None:
         """Queue a status report; never blocks (the engine records reports in batches)."""
 

@@ -196,6 +196,12 @@ class _PrintingContext:
     def adapter_name(self) -> str:
         return self._name
 
+    @property
+    def node_name(self) -> str:
+        # Not a dispatcher node: a name of its own, so the connections of an adapter that
+        # several nodes share (MQTT client ids) never take over a running node's.
+        return f"adapters-test-{os.getpid()}"
+
     def report(self, report: Report) -> None:
         self.reports.append(report)
         state = report.detail.get("device_state", report.state.value)

@@ -117,6 +117,25 @@ class Broker:
         except FileNotFoundError:
             return ""
 
+    def log_mark(self) -> int:
+        """Where the log ends now: give it to :meth:`logged` to look only at what follows."""
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def logged(self, pattern: str, since: int = 0) -> bool:
+        """Whether Mosquitto has logged a line matching the regular expression ``pattern``
+        (after ``since``, a :meth:`log_mark`): what a test waits on to know the broker has seen
+        something happen, e.g. ``rf"Client {re.escape(client_id)} disconnected"``."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(since)
+                text = log.read().decode(errors="replace")
+        except FileNotFoundError:
+            return False
+        return re.search(pattern, text, re.MULTILINE) is not None
+
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start Mosquitto and wait until every listener accepts TCP connections (it opens
         them one after another, so the first answering says nothing of the others)."""

@@ -12,8 +12,9 @@ class RecordingContext:
     """Collects each report and device status the adapter gives, in order; ``changed`` is set
     whenever a report arrives (clear it before waiting on it)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, node_name: str = "test-node") -> None:
         self._name = name
+        self._node_name = node_name
         self.reports: list[Report] = []
         self.statuses: list[DeviceStatus] = []
         self.changed = asyncio.Event()
@@ -21,6 +22,10 @@ class RecordingContext:
     @property
     def adapter_name(self) -> str:
         return self._name
+
+    @property
+    def node_name(self) -> str:
+        return self._node_name
 
     def report(self, report: Report) -> None:
         self.reports.append(report)

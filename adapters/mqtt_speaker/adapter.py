@@ -14,6 +14,11 @@ Two long-lived connections, each in its own task with aiomqtt's reconnect loop:
   acks that arrive while the dispatcher restarts. Keeping it apart means 15,000 incoming acks
   never queue in front of the PUBACKs the publisher is waiting for.
 
+With ``shared_group`` (several dispatcher nodes on one broker) the ids are
+``<client_id>-<node>-pub`` and ``-acks``, and the acks are taken through a shared subscription
+(``$share/<group>/…``) in a session that ends with the connection: each ack reaches one node,
+and a node that goes away leaves the group at once (README, "Several nodes").
+
 A speaker whose retained state says offline is answered ``Failed`` at once, so its village falls
 back to the next channel without waiting for an ack timeout; the alert is kept and published to
 the speaker's own topic if it comes back online before the warning expires (its ``played`` then
@@ -151,10 +156,18 @@ class MqttSpeakerAdapter:
             if self._settings.ack_protocol == "5"
             else aiomqtt.ProtocolVersion.V311
         )
+        # Several nodes: the acks are shared among them (each goes to one node), and each
+        # node's client ids carry its name. The shared ack connection keeps no session: a
+        # broker queues a shared member's part of the acks in its session while it is away
+        # (Mosquitto does, tests/adapters/test_mqtt_speaker_shared.py), so a dead node would
+        # hold them until it came back. Without a session it leaves the group on
+        # disconnecting and the others get every later ack (README, "Several nodes").
+        shared = self._settings.shared_group
+        node = context.node_name if shared is not None else None
         self._publisher = BrokerConnection(
             adapter_name=self._name,
             settings=self._settings,
-            role=ConnectionRole("pub", aiomqtt.ProtocolVersion.V5, persistent=False),
+            role=ConnectionRole("pub", aiomqtt.ProtocolVersion.V5, persistent=False, node=node),
         )
         self._listener = BrokerConnection(
             adapter_name=self._name,
@@ -162,8 +175,12 @@ class MqttSpeakerAdapter:
             role=ConnectionRole(
                 "acks",
                 ack_version,
-                persistent=True,
-                subscriptions=(ack_subscription(self._root), state_subscription(self._root)),
+                persistent=shared is None,
+                subscriptions=(
+                    ack_subscription(self._root, shared),
+                    state_subscription(self._root),
+                ),
+                node=node,
             ),
             on_message=self._on_message,
         )

@@ -35,6 +35,13 @@ class ConnectionRole:
     #: Keep the broker-side session (and its queued QoS-1 messages) while disconnected.
     persistent: bool
     subscriptions: Sequence[str] = ()
+    #: The dispatcher node, when several share the broker: ``<client_id>-<node>-<suffix>``.
+    node: str | None = None
+
+    def client_id(self, settings: MqttSpeakerSettings) -> str:
+        if self.node is None:
+            return f"{settings.client_id}-{self.suffix}"
+        return f"{settings.client_id}-{self.node}-{self.suffix}"
 
 
 def tls_context(settings: MqttSpeakerSettings) -> ssl.SSLContext | None:
@@ -84,7 +91,7 @@ def client_for(
         settings.port,
         username=settings.username,
         password=password,
-        identifier=f"{settings.client_id}-{role.suffix}",
+        identifier=role.client_id(settings),
         protocol=role.protocol,
         clean_session=None if v5 else not role.persistent,
         # paho refuses any clean_start but its default on MQTT 3.1.1 (clean_session rules there).

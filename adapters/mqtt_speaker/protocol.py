@@ -55,8 +55,13 @@ def device_topic(root: str, device_id: str, leaf: str) -> str:
     return f"{root}/device/{_check_level(device_id, 'device id')}/{leaf}"
 
 
-def ack_subscription(root: str) -> str:
-    return f"{root}/device/+/ack"
+def ack_subscription(root: str, shared_group: str | None = None) -> str:
+    """Every speaker's acks; with ``shared_group``, as an MQTT shared subscription
+    (``$share/<group>/…``): the broker gives each ack to one member of the group only."""
+    topic = f"{root}/device/+/ack"
+    if shared_group is None:
+        return topic
+    return f"$share/{_check_level(shared_group, 'shared group')}/{topic}"
 
 
 def state_subscription(root: str) -> str:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from adapters.mqtt_speaker.protocol import DEFAULT_ROOT
 from dispatcher.durations import Seconds
@@ -27,8 +35,13 @@ class MqttSpeakerSettings(BaseModel):
     #: Client certificate and key, when the broker requires one.
     cert_file: FilePath | None = None
     key_file: FilePath | None = None
-    #: MQTT client ids are ``<client_id>-pub`` and ``<client_id>-acks``; unique per node.
+    #: MQTT client ids are ``<client_id>-pub`` and ``<client_id>-acks``; unique per node (with
+    #: ``shared_group``, ``<client_id>-<node>-pub`` and ``-acks``: the node's name makes them so).
     client_id: str = Field("tocsin", min_length=1, max_length=60, pattern=r"^[A-Za-z0-9_.:-]+$")
+    #: Several dispatcher nodes: the MQTT shared-subscription group their ack connections join
+    #: (``$share/<group>/<topic_root>/device/+/ack``), so each ack reaches one node. Every node
+    #: still sees every speaker's state. The ack connection then keeps no session (README).
+    shared_group: str | None = Field(None, max_length=64)
     topic_root: str = Field(DEFAULT_ROOT, min_length=1, pattern=r"^[^+#]+[^/+#]$")
     keepalive: Seconds = 30.0
     #: How long start() waits for the broker before reporting "not ready".
@@ -55,6 +68,16 @@ class MqttSpeakerSettings(BaseModel):
     heartbeat_timeout: Seconds = 300.0
     #: How long probe() listens for the speakers' retained states.
     probe_listen: Seconds = 2.0
+
+    @field_validator("shared_group")
+    @classmethod
+    def _one_topic_level(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c in value for c in "/+#\0")):
+            raise ValueError(
+                "a shared subscription group is one MQTT topic level: not empty, "
+                "no '/', '+', '#' or NUL"
+            )
+        return value
 
     @model_validator(mode="after")
     def _tls_files(self) -> Self:

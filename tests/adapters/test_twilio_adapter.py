@@ -35,6 +35,7 @@ SERVICE = "MG" + "a" * 32
 
 class Context:
     adapter_name = "sms"
+    node_name = "test-node"
 
     def __init__(self) -> None:
         self.reports: list[Report] = []
