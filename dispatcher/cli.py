@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -161,6 +162,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             settings = config.settings.model_copy(update={"server": server})
             config = config.__class__(**{**_fields(config), "settings": settings})
         if args.node is not None:
+            if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,56}", args.node):
+                raise ConfigError(
+                    [f"--node: {args.node!r}: 1-56 letters, digits and _ . : - (a node's name)"]
+                )
             config = config.__class__(**{**_fields(config), "node_name": args.node})
         return config
 

@@ -85,9 +85,11 @@ class NodeConfig(_Model):
     """This dispatcher node among several on one PostgreSQL database (docs/deployment.md)."""
 
     #: The node's name, unique among the nodes on the database (default: the host name);
-    #: ``tocsin serve --node NAME`` overrides it.
+    #: ``tocsin serve --node NAME`` overrides it. At most 56 characters: PostgreSQL keeps 63
+    #: bytes of a connection's application_name, "tocsin <name> scheduler", which is how
+    #: GET /v1/nodes finds the scheduler's leader.
     name: (
-        Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] | None
+        Annotated[str, Field(min_length=1, max_length=56, pattern=r"^[A-Za-z0-9_.:-]+$")] | None
     ) = None
     #: How often the node says it is alive (its row in /v1/nodes).
     heartbeat: Seconds = 5.0

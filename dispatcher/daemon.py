@@ -161,6 +161,7 @@ async def serve(
             store, service, config, policy=lambda: live.config.policy, registry=registry
         )
         stack.push_async_callback(schedules.stop)
+        presence.leading = lambda: schedules.leading
         reloader.apply_schedules = schedules.apply_config
 
         app = create_app(
@@ -176,7 +177,7 @@ async def serve(
                 device_heartbeat_timeout=config.settings.engine.device_heartbeat_timeout,
                 webhooks=engine.webhooks(),
                 schedules=schedules.service,
-                nodes=lambda: _nodes(store, config),
+                nodes=lambda: _nodes(store, config, schedules),
             )
         )
         runner = web.AppRunner(
@@ -230,14 +231,16 @@ def _only_daemon_on(store_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-async def _nodes(store: SqlStore, config: LoadedConfig) -> dict[str, object]:
+async def _nodes(
+    store: SqlStore, config: LoadedConfig, schedules: ScheduleRunner
+) -> dict[str, object]:
     import time
 
     return nodes_view(
         await store.list_nodes(),
         now=time.time(),
         dead_after=config.settings.node.dead_after,
-        leader=None,
+        leader=None if schedules.leader is None else await schedules.leader.current_leader(),
         this_node=config.node_name,
     )
 

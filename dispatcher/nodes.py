@@ -50,7 +50,8 @@ class NodePresence:
         self.name = name
         self._store = store
         self._timings = timings
-        self._leading = leading
+        #: Whether this node leads the schedules now (set once the schedule runner starts).
+        self.leading = leading
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self.api_url: str | None = None
@@ -82,15 +83,27 @@ class NodePresence:
             log.warning("node stop not recorded", node=self.name, error=str(exc))
 
     async def _beat(self) -> None:
+        failing_since: float | None = None
         while True:
             await asyncio.sleep(self._timings.heartbeat)
             try:
                 await self._store.node_heartbeat(
-                    self.name, now=self._clock(), leader=self._leading()
+                    self.name, now=self._clock(), leader=self.leading()
                 )
             except StoreUnavailable as exc:
                 # The database is away (a restart): the next beat tries again.
                 log.warning("node heartbeat failed", node=self.name, error=str(exc))
+                if failing_since is None:
+                    failing_since = self._clock()
+            else:
+                if failing_since is not None:
+                    # The outage's end, as its start is logged: operators see both.
+                    log.info(
+                        "node heartbeat back",
+                        node=self.name,
+                        seconds_failing=round(self._clock() - failing_since, 1),
+                    )
+                    failing_since = None
 
 
 def _ended_here(host: str, pid: int) -> bool:

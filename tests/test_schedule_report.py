@@ -1,16 +1,19 @@
 """A scheduled test broadcast from end to end: the run's Test warning goes through the real
 engine to simulated loudspeakers (one of them dead), each speaker is told it is a test, and the
-report after the run lists the silent speaker — in the log line and on the run."""
+report after the run lists the silent speaker — in the log line and on the run (on SQLite and
+on PostgreSQL)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
-from engine.harness import FAST, POLICY, make_engine, read, sim, wait_until
+from engine.harness import FAST, POLICY, sim, specs
 from small_directory import COUNTY_A, fill_small_directory
+from stores import StoreTarget
+from waiting import wait_until
 
 from dispatcher.config import ApiRole, CapConfig
 from dispatcher.domain import TERMINAL_DELIVERY_STATES
@@ -19,7 +22,7 @@ from dispatcher.planning_worker import PlanningWorker
 from dispatcher.schedules.runner import ScheduleRunner
 from dispatcher.schedules.service import ScheduleService
 from dispatcher.schedules.spec import ScheduleInput
-from dispatcher.store.sqlite import SqliteStore
+from dispatcher.store.sql_store import SqlStore
 from dispatcher.warning_service import Principal, WarningService
 
 SENDER = "yjj@test.tocsin"
@@ -27,13 +30,28 @@ DUTY = Principal("desk-1", ApiRole.DUTY_OFFICER)
 TERMINAL = {s.value for s in TERMINAL_DELIVERY_STATES}
 
 
+Daemon = tuple[StoreTarget, SqlStore, Engine, ScheduleRunner]
+
+
+def read(target: StoreTarget, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    conn = target.connect()
+    try:
+        return [tuple(row) for row in conn.execute(sql, params).fetchall()]
+    finally:
+        conn.close()
+
+
 @pytest.fixture
-async def daemon(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, Engine, ScheduleRunner]]:
-    db = tmp_path / "t.db"
-    store = await SqliteStore.open(db)
-    fill_small_directory(db)
+async def daemon(store_target: StoreTarget) -> AsyncIterator[Daemon]:
+    store = await store_target.open()
+    fill_small_directory(store_target)
     # spk-a1b is dead: every command to it fails.
-    engine = make_engine(store, {"speakers": sim(["speaker"], fail_addresses=["spk-a1b"])})
+    engine = Engine(
+        store,
+        config=FAST,
+        policy=lambda: POLICY,
+        adapters=specs({"speakers": sim(["speaker"], fail_addresses=["spk-a1b"])}),
+    )
     planner = PlanningWorker(store, lambda: POLICY, on_stage_committed=engine.wake)
     warnings = WarningService(store, CapConfig(sender=SENDER), on_created=planner.enqueue)
     service = ScheduleService(store, warnings, sender=SENDER)
@@ -46,7 +64,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, Engine, Sch
     await engine.start()
     await planner.start()
     await runner.start()
-    yield store, engine, runner
+    yield store_target, store, engine, runner
     await runner.stop()
     await planner.stop()
     await engine.stop()
@@ -54,9 +72,9 @@ async def daemon(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, Engine, Sch
 
 
 async def test_the_report_after_a_run_lists_the_silent_speakers(
-    daemon: tuple[SqliteStore, Engine, ScheduleRunner],
+    daemon: Daemon,
 ) -> None:
-    store, engine, runner = daemon
+    target, store, engine, runner = daemon
     schedule = ScheduleInput.model_validate(
         {
             "id": "weekly",
@@ -77,7 +95,7 @@ async def test_the_report_after_a_run_lists_the_silent_speakers(
 
     def deliveries() -> list[tuple[str, str]]:
         return read(
-            store.path,
+            target,
             "SELECT d.target_id, d.state FROM deliveries d JOIN warnings w "
             "ON w.seq = d.warning_seq WHERE w.id = ? ORDER BY d.target_id",
             (warning_id,),

@@ -1,13 +1,12 @@
-"""Scheduled test broadcasts on a real SQLite store with the real warning service and planning
-worker, driven by a controllable clock: a run makes a Test warning planned by the schedule's
-rules, missed fire times run late within the grace window or are recorded missed, quiet hours
-skip, a second runner on the same store cannot claim a fire time, and the config's schedules
-are kept in step with the store."""
+"""Scheduled test broadcasts on a real store (SQLite and PostgreSQL) with the real warning
+service and planning worker, driven by a controllable clock: a run makes a Test warning
+planned by the schedule's rules, missed fire times run late within the grace window or are
+recorded missed, quiet hours skip, a second runner on the same store cannot claim a fire
+time, and the config's schedules are kept in step with the store."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -15,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from small_directory import COUNTY_A, VILLAGE_A1a, fill_small_directory
+from small_directory import CITY, COUNTY_A, VILLAGE_A1a, fill_small_directory
+from stores import StoreTarget
 
 from dispatcher.config import ApiRole, CapConfig, load_policy
 from dispatcher.domain import Level, MsgType, Status, WarningState
@@ -36,6 +36,7 @@ from dispatcher.store.schedules_base import (
     ScheduleRunRow,
     ScheduleSource,
 )
+from dispatcher.store.sql_store import SqlStore
 from dispatcher.store.sqlite import SqliteStore
 from dispatcher.warning_input import CancelRequest, WarningInput
 from dispatcher.warning_service import Principal, WarningRejected, WarningService
@@ -89,7 +90,7 @@ def weekly(**changes: Any) -> ScheduleInput:
 class Node:
     """One dispatcher node: its store connection, planner, warning service and runner."""
 
-    store: SqliteStore
+    store: SqlStore
     planner: PlanningWorker
     warnings: WarningService
     service: ScheduleService
@@ -103,7 +104,7 @@ class Node:
 
 @dataclass
 class Rig:
-    db: Path
+    target: StoreTarget
     clock: Clock
     make: Callable[..., Any]
     nodes: list[Node]
@@ -113,9 +114,9 @@ class Rig:
         return self.nodes[0]
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(self.db)
+        conn = self.target.connect()
         try:
-            return conn.execute(sql, params).fetchall()
+            return [tuple(row) for row in conn.execute(sql, params).fetchall()]
         finally:
             conn.close()
 
@@ -134,15 +135,14 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    db = tmp_path / "t.db"
-    first = await SqliteStore.open(db)
-    fill_small_directory(db)
+async def rig(store_target: StoreTarget) -> AsyncIterator[Rig]:
+    first = await store_target.open(node="node-a")
+    fill_small_directory(store_target)
     clock = Clock(MONDAY_10 - timedelta(hours=1))
     nodes: list[Node] = []
 
-    async def make(name: str, *, store: SqliteStore | None = None, policy: Policy = POLICY) -> Node:
-        opened = store or await SqliteStore.open(db)
+    async def make(name: str, *, store: SqlStore | None = None, policy: Policy = POLICY) -> Node:
+        opened = store or await store_target.open(node=name)
         planner = PlanningWorker(opened, lambda: policy, clock=clock)
         await planner.start()
         warnings = WarningService(
@@ -161,7 +161,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         return node
 
     await make("node-a", store=first)
-    yield Rig(db, clock, make, nodes)
+    yield Rig(store_target, clock, make, nodes)
     for node in nodes:
         await node.stop()
 
@@ -503,16 +503,23 @@ async def test_an_interrupted_claim_is_settled_at_the_next_start(rig: Rig) -> No
 
 async def test_a_refused_warning_is_a_failed_run(rig: Rig) -> None:
     node = rig.node
-    schedule = await node.service.create(weekly(), principal=DUTY)
-    # The directory lost the county since the schedule was added.
-    conn = sqlite3.connect(rig.db)
-    conn.execute("PRAGMA foreign_keys = OFF")
-    conn.execute("DELETE FROM areas WHERE code = ?", (COUNTY_A,))
-    conn.commit()
+    # A county added for the schedule, and gone from the directory since (it has nothing
+    # beneath it, so it can be removed without turning the foreign keys off).
+    gone = "611099000000"
+    conn = rig.target.connect()
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO areas VALUES (?,?,?,?)", (gone, "已撤销县", "county", CITY))
+    conn.executemany("INSERT INTO area_closure VALUES (?,?,?)", [(gone, gone, 0), (CITY, gone, 1)])
+    conn.execute("COMMIT")
+    schedule = await node.service.create(weekly(areas=[gone]), principal=DUTY)
+    conn.execute("BEGIN")
+    conn.execute("DELETE FROM area_closure WHERE descendant = ?", (gone,))
+    conn.execute("DELETE FROM areas WHERE code = ?", (gone,))
+    conn.execute("COMMIT")
     conn.close()
     outcome = await node.service.fire(schedule, MONDAY_10, kind=RunKind.CRON)
     assert outcome.run is not None and outcome.run.state is RunState.FAILED
-    assert outcome.run.note.startswith("unknown_area: unknown area code(s): 611002000000")
+    assert outcome.run.note.startswith(f"unknown_area: unknown area code(s): {gone}")
     assert outcome.rejection is not None and outcome.rejection.field == "areas"
 
 

@@ -1,4 +1,4 @@
-"""The SQLite store's schedules and schedule runs (:class:`ScheduleStore`).
+"""The store's schedules and schedule runs (:class:`ScheduleStore`), on either database.
 
 Times are kept as UTC ISO 8601 text with microseconds, one format throughout, so text order
 is time order. A fire time is claimed by inserting its run: the unique key (schedule_id,
@@ -187,7 +187,7 @@ class ScheduleQueries(StoreConnections):
                 anew = cron != schedule.cron or (schedule.enabled and not enabled)
                 conn.execute(
                     "UPDATE schedules SET source = ?, cron = ?, spec = ?, enabled = ?, "
-                    "active_since = CASE WHEN ? THEN ? ELSE active_since END, updated_at = ? "
+                    "active_since = CASE WHEN ? = 1 THEN ? ELSE active_since END, updated_at = ? "
                     "WHERE id = ?",
                     (
                         ScheduleSource.CONFIG.value,
