@@ -1,15 +1,13 @@
 """The store's coverage reads: roll-up per area at each depth, late acknowledgements counted apart,
-the unreached lists and their pages, progress, the query plans, and agreement with what the real
-engine records."""
+the unreached lists and their pages, progress, and agreement with what the real engine records,
+on SQLite and on PostgreSQL (where several nodes read the same); and SQLite's query plans."""
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,8 @@ from small_directory import (
     fill_small_directory,
     make_warning,
 )
+from stores import StoreTarget
+from waiting import wait_until
 
 from dispatcher.adapter_config import build_adapter_specs
 from dispatcher.config import (
@@ -32,8 +32,9 @@ from dispatcher.config import (
     load_policy,
 )
 from dispatcher.coverage_view import coverage_view, percent
-from dispatcher.domain import WarningRecord
+from dispatcher.domain import Channel, Level, WarningRecord
 from dispatcher.engine.engine import Engine
+from dispatcher.log_query import LogFilter
 from dispatcher.planning_worker import PlanningWorker
 from dispatcher.store.base import (
     CoverageCounts,
@@ -43,50 +44,60 @@ from dispatcher.store.base import (
     UnreachedItem,
     mask_phone,
 )
-from dispatcher.store.sqlite import SqliteStore, connect
 from dispatcher.store.coverage_queries import (
     AREAS_QUERY,
     LATE_QUERY,
     TOTALS_QUERY,
     unreached_statement,
 )
+from dispatcher.store.sql_store import SqlStore
 from dispatcher.synthetic import load_synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = load_policy(ROOT / "config" / "policy.toml")
 KINDS = list(CoverageKind)
 
+#: Tests about SQLite itself (its query plans).
+sqlite_only = pytest.mark.parametrize("store_kind", ["sqlite"])
+
+
+def run_sql(target: StoreTarget, query: str, params: Any = ()) -> list[tuple[Any, ...]]:
+    """The rows of a query, read beside the store."""
+    conn = target.connect()
+    try:
+        return [tuple(row) for row in conn.execute(query, params).fetchall()]
+    finally:
+        conn.close()
+
 
 @dataclass
 class Planned:
-    store: SqliteStore
+    store: SqlStore
+    target: StoreTarget
     warning: WarningRecord
     seq: int
 
     def sql(self, query: str, params: Any = ()) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(self.store.path)
-        try:
-            return conn.execute(query, params).fetchall()
-        finally:
-            conn.close()
+        return run_sql(self.target, query, params)
 
     def reach(
         self, kind: str, target: str, village: str, *, in_time: bool = True, seq: int | None = None
     ) -> None:
         """Record ``target`` reached as the engine does: a ``reached`` row, counted in
         ``coverage_counts`` when in time."""
-        conn = connect(self.store.path)
+        conn = self.target.connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
             seq = self.seq if seq is None else seq
             inserted = conn.execute(
-                "INSERT OR IGNORE INTO reached VALUES (?, ?, ?, ?, ?, ?, 'test', NULL)",
+                "INSERT INTO reached VALUES (?, ?, ?, ?, ?, ?, 'test', NULL) "
+                "ON CONFLICT DO NOTHING",
                 (seq, kind, target, village, time.time(), int(in_time)),
             ).rowcount
             if inserted and in_time:
                 conn.execute(
                     "INSERT INTO coverage_counts VALUES (?, ?, ?, 1) ON CONFLICT "
-                    "(warning_seq, village_code, kind) DO UPDATE SET n = n + 1",
+                    "(warning_seq, village_code, kind) DO UPDATE SET n = coverage_counts.n + 1",
                     (seq, village, kind),
                 )
             conn.execute("COMMIT")
@@ -94,25 +105,22 @@ class Planned:
             conn.close()
 
 
-async def plan(store: SqliteStore, areas: tuple[str, ...]) -> Planned:
+async def plan(store: SqlStore, target: StoreTarget, areas: tuple[str, ...]) -> Planned:
     warning = make_warning(areas)
     await store.create_warning(warning, idempotency=None, now=time.time())
     result = await PlanningWorker(store, lambda: POLICY).plan_now(warning.id)
     assert result.planned
-    conn = sqlite3.connect(store.path)
-    (seq,) = conn.execute("SELECT seq FROM warnings WHERE id = ?", (warning.id,)).fetchone()
-    conn.close()
-    return Planned(store, warning, int(seq))
+    [(seq,)] = run_sql(target, "SELECT seq FROM warnings WHERE id = ?", (warning.id,))
+    return Planned(store, target, warning, int(seq))
 
 
 @pytest.fixture
-async def small(tmp_path: Path) -> AsyncIterator[Planned]:
+async def small(store_target: StoreTarget) -> AsyncIterator[Planned]:
     """The small hand-made directory, a red warning for county A planned."""
-    db = tmp_path / "small.db"
-    store = await SqliteStore.open(db)
-    fill_small_directory(db)
+    store = await store_target.open()
+    fill_small_directory(store_target)
     try:
-        yield await plan(store, (COUNTY_A,))
+        yield await plan(store, store_target, (COUNTY_A,))
     finally:
         await store.close()
 
@@ -208,16 +216,17 @@ async def test_percentages_one_decimal_and_none_without_a_total(small: Planned) 
     assert a1b["villages"] == {"total": 1, "reached": 0, "percent": 0.0}
 
 
-async def test_percentage_is_null_when_there_is_no_one_to_reach(tmp_path: Path) -> None:
-    db = tmp_path / "empty.db"
-    store = await SqliteStore.open(db)
+async def test_percentage_is_null_when_there_is_no_one_to_reach(
+    store_target: StoreTarget,
+) -> None:
+    store = await store_target.open()
     try:
-        fill_small_directory(db)
-        conn = connect(db)
+        fill_small_directory(store_target)
+        conn = store_target.connect()
         conn.execute("INSERT INTO grids VALUES ('g-empty', ?, '空组')", (VILLAGE_A1b,))
         conn.close()
-        planned = await plan(store, (VILLAGE_A1b,))
-        conn = connect(db)
+        planned = await plan(store, store_target, (VILLAGE_A1b,))
+        conn = store_target.connect()
         conn.execute(
             "UPDATE coverage_targets SET grid_members = 0, households = 0, persons = 0 "
             "WHERE warning_seq = ?",
@@ -256,7 +265,7 @@ async def test_late_acknowledgements_are_reported_not_counted(small: Planned) ->
 
 
 async def test_another_warnings_acknowledgements_do_not_count(small: Planned) -> None:
-    other = await plan(small.store, (COUNTY_A,))
+    other = await plan(small.store, small.target, (COUNTY_A,))
     small.reach("person", "p01", VILLAGE_A1a, seq=other.seq)
     cov = await small.store.coverage(small.warning.id, depth="county")
     assert cov is not None and cov.totals.persons == Tally(6, 0)
@@ -310,7 +319,7 @@ async def test_unreached_lists_each_kind(small: Planned) -> None:
 
 
 async def test_a_grid_member_of_two_grids_of_a_village_is_listed_once(small: Planned) -> None:
-    conn = connect(small.store.path)
+    conn = small.target.connect()
     conn.execute("INSERT INTO grids VALUES ('g-a2', ?, '二组')", (VILLAGE_A1a,))
     conn.execute("INSERT INTO grid_members VALUES ('g-a2', 'p01'), ('g-a2', 'p02')")
     conn.close()
@@ -378,6 +387,20 @@ CITY = SyntheticDirectoryConfig(
 )
 
 
+#: The directory's tables, each after those it refers to.
+DIRECTORY_TABLES = (
+    "areas",
+    "area_closure",
+    "grids",
+    "households",
+    "persons",
+    "grid_members",
+    "devices",
+    "device_areas",
+)
+_AREA_LEVELS = ("province", "city", "county", "town", "village")
+
+
 @pytest.fixture(scope="module")
 def city_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("coverage-city") / "city.db"
@@ -385,16 +408,37 @@ def city_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-async def city(tmp_path: Path, city_db: Path) -> AsyncIterator[Planned]:
-    db = tmp_path / "city.db"
-    shutil.copyfile(city_db, db)
-    store = await SqliteStore.open(db)
+def copy_directory(source: Path, target: StoreTarget) -> None:
+    """The directory of a SQLite file, row by row, into the (migrated) store's database."""
+    src = sqlite3.connect(source)
+    conn = target.connect()
     try:
-        (county,) = (
-            sqlite3.connect(db).execute("SELECT code FROM areas WHERE level = 'county'").fetchone()
-        )
-        yield await plan(store, (county,))
+        conn.execute("BEGIN IMMEDIATE")
+        for table in DIRECTORY_TABLES:
+            cursor = src.execute(f"SELECT * FROM {table}")
+            columns = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+            if table == "areas":  # parents first
+                level = columns.index("level")
+                rows.sort(key=lambda r: _AREA_LEVELS.index(r[level]))
+            conn.executemany(
+                f"INSERT INTO {table} ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})",
+                rows,
+            )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+        src.close()
+
+
+@pytest.fixture
+async def city(store_target: StoreTarget, city_db: Path) -> AsyncIterator[Planned]:
+    store = await store_target.open()
+    copy_directory(city_db, store_target)
+    try:
+        [(county,)] = run_sql(store_target, "SELECT code FROM areas WHERE level = 'county'")
+        yield await plan(store, store_target, (county,))
     finally:
         await store.close()
 
@@ -414,7 +458,7 @@ def _expected(city: Planned, kind: CoverageKind, area: str | None) -> list[tuple
         CoverageKind.PERSON: "SELECT village_code AS v, id AS t FROM persons",
     }[kind]
     rows = city.sql(
-        f"SELECT v, t FROM ({candidates}) WHERE v IN (SELECT village_code FROM coverage_targets "
+        f"SELECT v, t FROM ({candidates}) c WHERE v IN (SELECT village_code FROM coverage_targets "
         f"WHERE warning_seq = :seq) {where_area} AND t NOT IN (SELECT target_id FROM reached "
         "WHERE warning_seq = :seq AND kind = :kind AND in_time = 1)",
         {"seq": city.seq, "kind": kind.value, "area": area},
@@ -441,29 +485,43 @@ async def _all_pages(
     raise AssertionError("the pages never ended")
 
 
+def _every_third(rows: list[tuple[Any, ...]], start: int) -> list[tuple[Any, ...]]:
+    return [row for i, row in enumerate(rows) if i % 3 == start]
+
+
 async def test_pages_have_no_gaps_or_duplicates(city: Planned) -> None:
     # Reach every third person, household and grid member, and every other village.
-    conn = connect(city.store.path)
+    persons = city.sql("SELECT id, village_code FROM persons ORDER BY id")
+    households = city.sql(
+        "SELECT h.id, g.village_code FROM households h JOIN grids g ON g.id = h.grid_id "
+        "ORDER BY h.id"
+    )
+    grids = {g for (g,) in _every_third(city.sql("SELECT id FROM grids ORDER BY id"), 2)}
+    members = sorted(
+        {
+            (person, village)
+            for grid, person, village in city.sql(
+                "SELECT g.id, gm.person_id, g.village_code FROM grid_members gm "
+                "JOIN grids g ON g.id = gm.grid_id"
+            )
+            if grid in grids
+        }
+    )
+    villages = [
+        (v, v)
+        for (v,) in city.sql(
+            "SELECT village_code FROM coverage_targets WHERE warning_seq = ?", (city.seq,)
+        )
+        if int(v[9:]) % 2 == 0
+    ]
+    conn = city.target.connect()
     try:
-        for kind, sql in [
-            ("person", "SELECT id, village_code FROM persons WHERE rowid % 3 = 0"),
-            (
-                "household",
-                "SELECT h.id, g.village_code FROM households h JOIN grids g ON g.id = h.grid_id "
-                "WHERE h.rowid % 3 = 1",
-            ),
-            (
-                "grid_member",
-                "SELECT DISTINCT gm.person_id, g.village_code FROM grid_members gm "
-                "JOIN grids g ON g.id = gm.grid_id WHERE g.rowid % 3 = 2",
-            ),
-            (
-                "village",
-                "SELECT village_code, village_code FROM coverage_targets "
-                f"WHERE warning_seq = {city.seq} AND CAST(substr(village_code, 10) AS INT) % 2 = 0",
-            ),
+        for kind, targets in [
+            ("person", _every_third(persons, 0)),
+            ("household", _every_third(households, 1)),
+            ("grid_member", members),
+            ("village", villages),
         ]:
-            targets = conn.execute(sql).fetchall()
             assert targets
             conn.executemany(
                 "INSERT INTO reached VALUES (?, ?, ?, ?, 0, 1, 'test', NULL)",
@@ -505,7 +563,7 @@ async def test_progress(small: Planned) -> None:
     assert progress.plan_stage >= 1 and progress.planned_at is not None
 
     # Half of the pending deliveries acknowledged, one failed; then all terminal and complete.
-    conn = connect(store.path)
+    conn = small.target.connect()
     conn.execute(
         "UPDATE delivery_state_counts SET n = n - 3 WHERE warning_seq = ? AND state = 'pending'",
         (small.seq,),
@@ -521,7 +579,7 @@ async def test_progress(small: Planned) -> None:
     assert progress.terminal == 3
     assert progress.states["acknowledged"] == 2 and progress.states["failed"] == 1
 
-    conn = connect(store.path)
+    conn = small.target.connect()
     conn.execute("DELETE FROM delivery_state_counts WHERE warning_seq = ?", (small.seq,))
     conn.execute(
         "INSERT INTO delivery_state_counts VALUES (?, 'acknowledged', ?), (?, 'skipped', 0)",
@@ -539,11 +597,10 @@ async def test_progress(small: Planned) -> None:
     assert await store.progress("nope") is None
 
 
-async def test_progress_while_planning(tmp_path: Path) -> None:
-    db = tmp_path / "p.db"
-    store = await SqliteStore.open(db)
+async def test_progress_while_planning(store_target: StoreTarget) -> None:
+    store = await store_target.open()
     try:
-        fill_small_directory(db)
+        fill_small_directory(store_target)
         warning = make_warning((COUNTY_A,))
         await store.create_warning(warning, idempotency=None, now=time.time())
         progress = await store.progress(warning.id)
@@ -564,9 +621,10 @@ def _plan(conn: sqlite3.Connection, sql: str, params: Any) -> list[str]:
     return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
 
 
+@sqlite_only
 async def test_unreached_in_a_village_reads_through_indexes(city: Planned) -> None:
     village = city.sql("SELECT min(village_code) FROM coverage_targets")[0][0]
-    conn = sqlite3.connect(city.store.path)
+    conn = sqlite3.connect(city.target.path)
     try:
         conn.execute("ANALYZE")  # the plans must hold with statistics as well as without
         for analyzed in (False, True):
@@ -576,7 +634,7 @@ async def test_unreached_in_a_village_reads_through_indexes(city: Planned) -> No
                 cursor = village if kind is CoverageKind.VILLAGE else f"{village}:X"
                 for after in (None, cursor):
                     sql, params = unreached_statement(
-                        city.seq, kind, area=village, after=after, limit=100
+                        city.seq, kind, area=village, after=after, limit=100, hints=True
                     )
                     steps = _plan(conn, sql, params)
                     for step in steps:
@@ -594,8 +652,9 @@ async def test_unreached_in_a_village_reads_through_indexes(city: Planned) -> No
         conn.close()
 
 
+@sqlite_only
 async def test_coverage_never_reads_deliveries_or_reached_rows(city: Planned) -> None:
-    conn = sqlite3.connect(city.store.path)
+    conn = sqlite3.connect(city.target.path)
     try:
         statements = [
             (TOTALS_QUERY.format(where=""), {"seq": city.seq}),
@@ -614,9 +673,21 @@ async def test_coverage_never_reads_deliveries_or_reached_rows(city: Planned) ->
 # -- with the real engine ------------------------------------------------------------------------
 
 
-async def test_coverage_matches_what_the_engine_records(small: Planned, tmp_path: Path) -> None:
-    """Run the real engine with simulated adapters (every device plays, every other person
-    answers) over a second warning: the roll-up must equal the `reached` rows it wrote."""
+def _reached_people_and_villages(run: Planned, *, villages: int) -> bool:
+    return bool(
+        run.sql(
+            "SELECT 1 FROM reached WHERE warning_seq = ? AND kind = 'person' LIMIT 1",
+            (run.seq,),
+        )
+    ) and villages == len(
+        run.sql("SELECT 1 FROM reached WHERE warning_seq = ? AND kind = 'village'", (run.seq,))
+    )
+
+
+async def engine_run(store: SqlStore, target: StoreTarget, tmp_path: Path) -> Planned:
+    """A warning for both counties planned, and sent by the real engine with simulated
+    adapters (every device plays, every other person answers) until a person and every
+    village are reached; the engine stopped."""
     sim = {
         "devices": AdapterInstanceConfig(
             kind="simulated", channels=("speaker", "transmitter", "modem")
@@ -638,29 +709,24 @@ async def test_coverage_matches_what_the_engine_records(small: Planned, tmp_path
         visit_delay=0.1,
         drain_timeout=2.0,
     )
-    engine = Engine(small.store, config=config, policy=lambda: POLICY, adapters=specs)
+    engine = Engine(store, config=config, policy=lambda: POLICY, adapters=specs)
     await engine.start()
     try:
-        run = await plan(small.store, (COUNTY_A, COUNTY_B))
+        run = await plan(store, target, (COUNTY_A, COUNTY_B))
         engine.wake()
-        for _ in range(200):
-            if (
-                run.sql(
-                    "SELECT 1 FROM reached WHERE warning_seq = ? AND kind = 'person' LIMIT 1",
-                    (run.seq,),
-                )
-                and len(
-                    run.sql(
-                        "SELECT 1 FROM reached WHERE warning_seq = ? AND kind = 'village'",
-                        (run.seq,),
-                    )
-                )
-                == 3
-            ):
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: _reached_people_and_villages(run, villages=3),
+            what="a person and every village reached",
+        )
     finally:
-        await engine.stop()  # quiet: nothing is written while the two are compared
+        await engine.stop()  # quiet: nothing is written while what it wrote is read
+    return run
+
+
+async def test_coverage_matches_what_the_engine_records(small: Planned, tmp_path: Path) -> None:
+    """Run the real engine over a second warning: the roll-up must equal the `reached` rows
+    it wrote."""
+    run = await engine_run(small.store, small.target, tmp_path)
     cov = await small.store.coverage(run.warning.id, depth="village")
     assert cov is not None
     reached = dict(
@@ -686,3 +752,76 @@ async def test_coverage_matches_what_the_engine_records(small: Planned, tmp_path
     assert {
         a.area.code: a.counts.persons.reached for a in cov.areas if a.counts.persons.reached
     } == per_village
+
+
+# -- several nodes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+async def test_coverage_and_the_delivery_log_read_the_same_from_every_node(
+    store_target: StoreTarget, tmp_path: Path
+) -> None:
+    """Two nodes on one PostgreSQL database: what the engine writes through node a, node b
+    reads the same — the delivery log's pages, the coverage roll-up, the unreached lists and
+    the progress — and a write through a is read by b as soon as it returns."""
+    a = await store_target.open(node="a")
+    b = await store_target.open(node="b")
+    try:
+        fill_small_directory(store_target)
+        run = await engine_run(a, store_target, tmp_path)
+        wid = run.warning.id
+
+        # The delivery log: whole, by warning, level, channel and state, both ways, in pages.
+        queries = [
+            LogFilter(),
+            LogFilter(warning=wid),
+            LogFilter(level=Level.RED),
+            LogFilter(channel=Channel.SMS),
+            LogFilter(state="acknowledged"),
+            LogFilter(area=COUNTY_A),
+        ]
+        for query in queries:
+            for cursor in ({"after": 0}, {}):
+                on_a = await _log_pages(a, query, limit=7, **cursor)
+                assert on_a == await _log_pages(b, query, limit=7, **cursor), query
+                assert on_a == await b.log_events(query, limit=10_000, **cursor), query
+        everything = await b.log_events(LogFilter(warning=wid), after=0, limit=10_000)
+        assert {"received", "planned", "acknowledged"} <= {e.state for e in everything}
+        assert await a.log_last_id() == await b.log_last_id() == max(e.id for e in everything)
+
+        # Coverage, as of different moments but of the same rows.
+        for depth, tree in [(None, False), ("county", False), ("village", True)]:
+            cov_a = await a.coverage(wid, depth=depth, tree=tree)
+            cov_b = await b.coverage(wid, depth=depth, tree=tree)
+            assert cov_a is not None and cov_b is not None
+            assert replace(cov_a, as_of=0.0) == replace(cov_b, as_of=0.0), depth
+        cov = await b.coverage(wid, depth="village")
+        assert cov is not None
+        assert cov.totals.villages == Tally(3, 3)
+        assert cov.totals.persons.reached > 0
+        for kind in KINDS:
+            assert await a.unreached(wid, kind, limit=3) == await b.unreached(wid, kind, limit=3)
+        assert await a.progress(wid) == await b.progress(wid)
+
+        # A write through a, read through b at once.
+        another = make_warning((COUNTY_B,))
+        await a.create_warning(another, idempotency=None, now=time.time())
+        [received] = await b.log_events(LogFilter(warning=another.id), limit=10)
+        assert received.state == "received"
+        assert await b.log_last_id() == received.id
+        progress = await b.progress(another.id)
+        assert progress is not None and progress.plan_stage == 0
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _log_pages(store: SqlStore, query: LogFilter, *, limit: int, **cursor: int) -> list[Any]:
+    """Every page of ``query`` (oldest first when ``after`` is given), concatenated."""
+    events: list[Any] = []
+    while True:
+        page = await store.log_events(query, limit=limit, **cursor)
+        events += page
+        if len(page) < limit:
+            return events
+        cursor = {"after": page[-1].id} if "after" in cursor else {"before": page[-1].id}

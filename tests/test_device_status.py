@@ -2,8 +2,9 @@
 batches, the store that keeps the newest per device, and the listing that joins the directory
 (states, silent devices, filters, pages, counts, unregistered addresses).
 
-The store is a real SQLite file holding the small directory (tests/small_directory.py): six
-devices whose adapter is their kind's name and whose address is their id."""
+The store is a real database, SQLite and PostgreSQL, holding the small directory
+(tests/small_directory.py): six devices whose adapter is their kind's name and whose address is
+their id. The query plans checked are SQLite's."""
 
 from __future__ import annotations
 
@@ -17,7 +18,17 @@ from pathlib import Path
 
 import pytest
 from engine.harness import make_engine, sim
-from small_directory import COUNTY_A, COUNTY_B, TOWN_A1, VILLAGE_A1a, VILLAGE_A1b, VILLAGE_B1a
+from small_directory import (
+    COUNTY_A,
+    COUNTY_B,
+    TOWN_A1,
+    VILLAGE_A1a,
+    VILLAGE_A1b,
+    VILLAGE_B1a,
+    fill_small_directory,
+)
+from stores import StoreTarget
+from waiting import wait_until
 
 from dispatcher.adapter import DeviceStatus
 from dispatcher.engine.device_status import MAX_DETAIL_BYTES, DeviceStatusBook
@@ -29,8 +40,9 @@ from dispatcher.store.base import (
     DeviceStatusRecord,
     InvalidCursor,
 )
-from dispatcher.store.sqlite import SqliteStore
+from dispatcher.store.connections import StoreUnavailable
 from dispatcher.store.device_queries import encode_cursor, read_devices
+from dispatcher.store.sql_store import SqlStore
 
 NOW = 1_750_000_000.0
 TIMEOUT = 300.0
@@ -38,12 +50,9 @@ ALL_DEVICES = ["mdm-a1", "spk-a1a", "spk-a1b", "spk-b1a", "tx-a", "tx-a1"]
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    from small_directory import fill_small_directory
-
-    db = tmp_path / "devices.db"
-    opened = await SqliteStore.open(db)
-    fill_small_directory(db)
+async def store(store_target: StoreTarget) -> AsyncIterator[SqlStore]:
+    opened = await store_target.open()
+    fill_small_directory(store_target)
     yield opened
     await opened.close()
 
@@ -66,8 +75,8 @@ def status(
     )
 
 
-def stored(db: Path) -> dict[tuple[str, str], tuple[int, float, str]]:
-    conn = sqlite3.connect(db)
+def stored(db: StoreTarget) -> dict[tuple[str, str], tuple[int, float, str]]:
+    conn = db.connect()
     try:
         rows = conn.execute("SELECT adapter, address, online, last_seen, detail FROM device_status")
         return {(a, addr): (online, seen, detail) for a, addr, online, seen, detail in rows}
@@ -75,17 +84,16 @@ def stored(db: Path) -> dict[tuple[str, str], tuple[int, float, str]]:
         conn.close()
 
 
-def sql(db: Path, statement: str, params: tuple[object, ...] = ()) -> None:
-    conn = sqlite3.connect(db)
+def sql(db: StoreTarget, statement: str, params: tuple[object, ...] = ()) -> None:
+    conn = db.connect()  # autocommit
     try:
         conn.execute(statement, params)
-        conn.commit()
     finally:
         conn.close()
 
 
 async def page(
-    store: SqliteStore,
+    store: SqlStore,
     *,
     after: str | None = None,
     limit: int = 100,
@@ -105,7 +113,7 @@ def by_id(rows: Sequence[DeviceRow]) -> dict[str | None, DeviceRow]:
     return {row.id: row for row in rows}
 
 
-async def fleet(store: SqliteStore) -> None:
+async def fleet(store: SqlStore) -> None:
     """One device in each state: spk-a1a online, spk-a1b silent (online, but last heard
     from longer ago than the timeout), spk-b1a offline (long ago: still offline, not silent),
     tx-a1 online just inside the timeout; tx-a and mdm-a1 never heard from."""
@@ -122,19 +130,32 @@ async def fleet(store: SqliteStore) -> None:
 # -- the store ---------------------------------------------------------------------------------
 
 
-async def test_an_older_status_never_replaces_a_newer_one(store: SqliteStore) -> None:
+async def test_an_older_status_never_replaces_a_newer_one(
+    store: SqlStore, store_target: StoreTarget
+) -> None:
     key = ("loudspeaker", "spk-a1a")
     assert await store.record_device_status([status(*key, seen=NOW)]) == 1
     # A late or replayed "offline" from before the stored heartbeat changes nothing.
     assert await store.record_device_status([status(*key, online=False, seen=NOW - 60)]) == 0
-    assert stored(store.path)[key][:2] == (1, NOW)
+    assert stored(store_target)[key][:2] == (1, NOW)
     # A newer one does, whatever it says.
     written = await store.record_device_status([status(*key, online=False, seen=NOW + 60)])
     assert written == 1
-    assert stored(store.path)[key][:2] == (0, NOW + 60)
+    assert stored(store_target)[key][:2] == (0, NOW + 60)
+    # A batch counts the rows it wrote: a newer status and two new devices', then two older
+    # ones and a newer.
+    batch = [
+        status(*key, seen=NOW + 61),
+        status("loudspeaker", "spk-a1b", seen=NOW),
+        status("transmitter", "tx-a", seen=NOW),
+    ]
+    assert await store.record_device_status(batch) == 3
+    older = [status(*key, seen=NOW), status("loudspeaker", "spk-a1b", seen=NOW - 1)]
+    assert await store.record_device_status([*older, status(*key, seen=NOW + 62)]) == 1
+    assert stored(store_target)[key][1] == NOW + 62
 
 
-async def test_states_joined_from_the_directory(store: SqliteStore) -> None:
+async def test_states_joined_from_the_directory(store: SqlStore) -> None:
     await fleet(store)
     listed = await page(store)
     states = {row.id: row.state for row in listed.devices}
@@ -158,7 +179,7 @@ async def test_states_joined_from_the_directory(store: SqliteStore) -> None:
     assert rows["tx-a1"].kind == "transmitter"
 
 
-async def test_silent_is_measured_from_the_time_asked(store: SqliteStore) -> None:
+async def test_silent_is_measured_from_the_time_asked(store: SqlStore) -> None:
     await fleet(store)
     # Ten minutes later the speaker heard 5 s before NOW has gone quiet too.
     later = await page(store, now=NOW + 2 * TIMEOUT)
@@ -168,11 +189,11 @@ async def test_silent_is_measured_from_the_time_asked(store: SqliteStore) -> Non
 
 
 async def test_a_status_matches_by_adapter_and_the_address_the_engine_sends_to(
-    store: SqliteStore,
+    store: SqlStore, store_target: StoreTarget
 ) -> None:
     # spk-a1a is known to its adapter as "mqtt-7"; tx-a has no address (its id is used).
-    sql(store.path, "UPDATE devices SET address = 'mqtt-7' WHERE id = 'spk-a1a'")
-    sql(store.path, "UPDATE devices SET address = '' WHERE id = 'tx-a'")
+    sql(store_target, "UPDATE devices SET address = 'mqtt-7' WHERE id = 'spk-a1a'")
+    sql(store_target, "UPDATE devices SET address = '' WHERE id = 'tx-a'")
     await store.record_device_status(
         [
             status("loudspeaker", "mqtt-7"),
@@ -210,13 +231,13 @@ async def test_a_status_matches_by_adapter_and_the_address_the_engine_sends_to(
         ({"area": COUNTY_B, "kind": "transmitter"}, []),
     ],
 )
-async def test_filters(store: SqliteStore, query: dict[str, object], expected: list[str]) -> None:
+async def test_filters(store: SqlStore, query: dict[str, object], expected: list[str]) -> None:
     await fleet(store)
     listed = await page(store, **query)
     assert [row.id for row in listed.devices] == expected
 
 
-async def test_counts_follow_the_filters_but_not_the_state(store: SqliteStore) -> None:
+async def test_counts_follow_the_filters_but_not_the_state(store: SqlStore) -> None:
     await fleet(store)
     offline_in_a = await page(store, area=COUNTY_A, state=DeviceState.OFFLINE)
     assert offline_in_a.devices == []
@@ -229,7 +250,7 @@ async def test_counts_follow_the_filters_but_not_the_state(store: SqliteStore) -
 
 @pytest.mark.parametrize("state", [None, DeviceState.UNKNOWN])
 async def test_pages_walk_every_device_once_in_id_order(
-    store: SqliteStore, state: DeviceState | None
+    store: SqlStore, state: DeviceState | None
 ) -> None:
     await fleet(store)
     seen: list[str | None] = []
@@ -256,7 +277,7 @@ async def test_pages_walk_every_device_once_in_id_order(
         await page(store, after=unregistered)
 
 
-async def test_unregistered_addresses_are_listed_apart(store: SqliteStore) -> None:
+async def test_unregistered_addresses_are_listed_apart(store: SqlStore) -> None:
     await fleet(store)
     strays = [
         status("loudspeaker", f"SPK-NEW-{n}", seen=NOW - (TIMEOUT * 2 if n == 3 else 1))
@@ -289,7 +310,7 @@ async def test_unregistered_addresses_are_listed_apart(store: SqliteStore) -> No
         await page(store, unregistered=True, after="not a cursor!")
 
 
-async def test_one_device(store: SqliteStore) -> None:
+async def test_one_device(store: SqlStore) -> None:
     await fleet(store)
     row = await store.get_device("spk-a1b", now=NOW, heartbeat_timeout=TIMEOUT)
     assert row is not None
@@ -302,12 +323,12 @@ async def test_one_device(store: SqliteStore) -> None:
 
 
 def plans(db: Path, query: DeviceQuery) -> list[list[str]]:
-    """The query plan of every SELECT one page of ``query`` runs."""
+    """SQLite's query plan of every SELECT one page of ``query`` runs."""
     conn = sqlite3.connect(db, isolation_level=None)
     statements: list[str] = []
     try:
         conn.set_trace_callback(statements.append)
-        read_devices(conn, query, silent_before=NOW - TIMEOUT, after=None, limit=10)
+        read_devices(conn, query, silent_before=NOW - TIMEOUT, after=None, limit=10, hints=True)
         conn.set_trace_callback(None)
         return [
             [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}")]
@@ -318,7 +339,8 @@ def plans(db: Path, query: DeviceQuery) -> list[list[str]]:
         conn.close()
 
 
-async def test_statuses_are_found_by_key(store: SqliteStore) -> None:
+@pytest.mark.parametrize("store_kind", ["sqlite"])
+async def test_statuses_are_found_by_key(store: SqlStore, store_target: StoreTarget) -> None:
     """A directory device's status is one primary-key lookup; an unregistered status is
     checked against the directory through the expression index on (adapter, address), not
     by reading every device of its adapter."""
@@ -327,13 +349,13 @@ async def test_statuses_are_found_by_key(store: SqliteStore) -> None:
         # The page and the counts (the third statement reads the page's device_areas).
         joined = [
             steps
-            for steps in plans(store.path, query)
+            for steps in plans(store_target.path, query)
             if any(s == "SCAN d" or s.startswith("SEARCH d ") for s in steps)
         ]
         assert len(joined) == 2
         for steps in joined:
             assert "SEARCH ds USING PRIMARY KEY (adapter=? AND address=?) LEFT-JOIN" in steps
-    for steps in plans(store.path, DeviceQuery(unregistered=True)):
+    for steps in plans(store_target.path, DeviceQuery(unregistered=True)):
         assert any("devices_adapter_address (adapter=? AND <expr>=?)" in step for step in steps), (
             steps
         )
@@ -346,7 +368,7 @@ class CountingStore:
     """The real store, counting the write calls and the statuses handed to it; it can be told
     to fail the next writes."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: SqlStore) -> None:
         self.store = store
         self.calls = 0
         self.rows = 0
@@ -356,13 +378,13 @@ class CountingStore:
         self.calls += 1
         if self.fail:
             self.fail -= 1
-            raise sqlite3.OperationalError("database is locked")
+            raise StoreUnavailable("lost the connection to the database")
         self.rows += len(statuses)
         return await self.store.record_device_status(statuses)
 
 
 async def test_the_book_coalesces_heartbeats_into_one_write_per_device(
-    store: SqliteStore,
+    store: SqlStore, store_target: StoreTarget
 ) -> None:
     counting = CountingStore(store)
     book = DeviceStatusBook(counting)
@@ -375,7 +397,7 @@ async def test_the_book_coalesces_heartbeats_into_one_write_per_device(
     assert book.pending == 50
     assert await book.flush() == 50
     assert (counting.calls, counting.rows) == (1, 50)
-    rows = stored(store.path)
+    rows = stored(store_target)
     assert len(rows) == 50
     for device in range(50):
         online, seen, detail = rows[("loudspeaker", f"S-{device:02d}")]
@@ -389,46 +411,53 @@ async def test_the_book_coalesces_heartbeats_into_one_write_per_device(
     assert counting.calls == 1  # nothing waiting: no write
 
 
-async def test_a_running_book_writes_about_every_interval_and_at_stop(store: SqliteStore) -> None:
+async def test_a_running_book_writes_about_every_interval_and_at_stop(
+    store: SqlStore, store_target: StoreTarget
+) -> None:
     counting = CountingStore(store)
     book = DeviceStatusBook(counting, interval=0.05)
     book.start()
     try:
         book.record("loudspeaker", DeviceStatus("spk-a1a", True, NOW))
-        deadline = time.monotonic() + 5
-        while ("loudspeaker", "spk-a1a") not in stored(store.path):
-            assert time.monotonic() < deadline, "the book never wrote"
-            await asyncio.sleep(0.02)
+        await wait_until(
+            lambda: ("loudspeaker", "spk-a1a") in stored(store_target),
+            within=5,
+            what="the book's write",
+        )
     finally:
         await book.stop()
     # Stopped with a long interval pending: stop writes what waits.
     slow = DeviceStatusBook(counting, interval=3600)
     slow.start()
     slow.record("loudspeaker", DeviceStatus("spk-a1b", False, NOW))
-    await asyncio.sleep(0.05)
-    assert ("loudspeaker", "spk-a1b") not in stored(store.path)
+    await asyncio.sleep(0.05)  # not a wait for something: a chance for a wrong early write
+    assert ("loudspeaker", "spk-a1b") not in stored(store_target)
     await slow.stop()
-    assert stored(store.path)[("loudspeaker", "spk-a1b")][0] == 0
+    assert stored(store_target)[("loudspeaker", "spk-a1b")][0] == 0
 
 
-async def test_a_failed_write_keeps_the_statuses_and_a_newer_one_wins(store: SqliteStore) -> None:
+async def test_a_failed_write_keeps_the_statuses_and_a_newer_one_wins(
+    store: SqlStore, store_target: StoreTarget
+) -> None:
     counting = CountingStore(store)
     book = DeviceStatusBook(counting)
     book.record("loudspeaker", DeviceStatus("spk-a1a", True, NOW))
     book.record("loudspeaker", DeviceStatus("spk-a1b", True, NOW))
     counting.fail = 1
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(StoreUnavailable):
         await book.flush()
     assert book.pending == 2
     # Meanwhile spk-a1a went offline: the failed batch's older status must not replace that.
     book.record("loudspeaker", DeviceStatus("spk-a1a", False, NOW + 1))
     assert await book.flush() == 2
-    rows = stored(store.path)
+    rows = stored(store_target)
     assert rows[("loudspeaker", "spk-a1a")][:2] == (0, NOW + 1)
     assert rows[("loudspeaker", "spk-a1b")][:2] == (1, NOW)
 
 
-async def test_a_malformed_status_is_dropped_without_raising(store: SqliteStore) -> None:
+async def test_a_malformed_status_is_dropped_without_raising(
+    store: SqlStore, store_target: StoreTarget
+) -> None:
     book = DeviceStatusBook(store)
     book.record("loudspeaker", DeviceStatus("", True, NOW))
     book.record("loudspeaker", DeviceStatus("spk-a1a", True, math.nan))
@@ -449,35 +478,35 @@ async def test_a_malformed_status_is_dropped_without_raising(store: SqliteStore)
     book.record("loudspeaker", DeviceStatus("spk-b1a", True, NOW, {"since": object()}))
     assert book.pending == 2
     await book.flush()
-    rows = stored(store.path)
+    rows = stored(store_target)
     assert set(rows) == {("loudspeaker", "spk-a1b"), ("loudspeaker", "spk-b1a")}
     assert "left out" in json.loads(rows[("loudspeaker", "spk-a1b")][2])["error"]
     assert json.loads(rows[("loudspeaker", "spk-b1a")][2])["since"].startswith("<object")
 
 
-async def test_the_engine_hands_adapters_statuses_to_its_book(store: SqliteStore) -> None:
+async def test_the_engine_hands_adapters_statuses_to_its_book(
+    store: SqlStore, store_target: StoreTarget
+) -> None:
     engine = make_engine(store, {"loudspeaker": sim(["speaker"])})
     await engine.start()
     try:
         host = engine.hosts[0]
-        deadline = time.monotonic() + 5
-        while not host.ready:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: host.ready, within=5, what="the adapter to start")
         # What the adapter was given in start(): its context.
         context = host.adapter._context  # type: ignore[attr-defined]
         context.device_status(DeviceStatus("spk-a1a", True, time.time(), {"volume": 80}))
         context.device_status(DeviceStatus("SPK-STRAY", True, time.time()))
         # About a second later it is written, while the engine runs.
-        deadline = time.monotonic() + 5
-        while ("loudspeaker", "spk-a1a") not in stored(store.path):
-            assert time.monotonic() < deadline, "the engine's book never wrote"
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: ("loudspeaker", "spk-a1a") in stored(store_target),
+            within=5,
+            what="the engine's book to write",
+        )
         context.device_status(DeviceStatus("spk-a1a", False, time.time() + 1))
     finally:
         await engine.stop()
     # Stopping wrote the last one.
-    assert stored(store.path)[("loudspeaker", "spk-a1a")][0] == 0
+    assert stored(store_target)[("loudspeaker", "spk-a1a")][0] == 0
     listed = await page(store, now=time.time())
     assert by_id(listed.devices)["spk-a1a"].state is DeviceState.OFFLINE
     strays = await page(store, unregistered=True, now=time.time())

@@ -1,7 +1,7 @@
 """The delivery log's store queries (dispatcher/store/log_queries.py) against a reference filter
 written here over every row: each filter alone and combined, pages both ways without gaps or
-duplicates, time windows with events stamped out of order, and query plans that walk an index
-instead of scanning or sorting the log."""
+duplicates, time windows with events stamped out of order, on SQLite and on PostgreSQL; and, on
+SQLite, query plans that walk an index instead of scanning or sorting the log."""
 
 from __future__ import annotations
 
@@ -21,19 +21,26 @@ from small_directory import (
     COUNTY_A,
     COUNTY_B,
     TOWN_A1,
+    Target,
     VILLAGE_A1a,
     VILLAGE_A1b,
     VILLAGE_B1a,
     fill_small_directory,
     make_warning,
+    open_db,
 )
+from stores import StoreTarget
 
 from dispatcher.domain import Channel, Level
 from dispatcher.log_query import TIME_SLACK, LogEvent, LogFilter, LogFilterError
-from dispatcher.store.sqlite import SqliteStore
+from dispatcher.store.connections import Db, DbCursor
 from dispatcher.store.log_queries import page_statement, read_log
+from dispatcher.store.sql_store import SqlStore
 
 T0 = 1_780_000_000.0  # 2026-05-28, well away from now: nothing here depends on the clock
+
+#: Tests about SQLite itself (its query plans, its virtual machine's steps).
+sqlite_only = pytest.mark.parametrize("store_kind", ["sqlite"])
 
 
 @dataclass(frozen=True)
@@ -53,36 +60,62 @@ class EventRow:
     area_code: str | None = None
 
 
-def insert_events(db: Path, rows: Sequence[EventRow]) -> list[int]:
-    """Append events straight into the store's file (as the engine would), in one transaction;
-    their ids in order."""
-    conn = sqlite3.connect(db, timeout=30)
+def insert_events(target: Target, rows: Sequence[EventRow]) -> list[int]:
+    """Append events straight into the store's database (a StoreTarget, or a SQLite file) as
+    the engine would: in one write transaction, holding the writer lock; their ids in order."""
+    conn = open_db(target)
     try:
         ids = []
-        with conn:
-            for r in rows:
-                cursor = conn.execute(
-                    "INSERT INTO delivery_events (at, warning_id, delivery_id, state, attempt, "
-                    "adapter, reason, detail, target_id, channel, area_code) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        r.at,
-                        r.warning_id,
-                        r.delivery_id,
-                        r.state,
-                        r.attempt,
-                        r.adapter,
-                        r.reason,
-                        json.dumps(r.detail, ensure_ascii=False),
-                        r.target_id,
-                        r.channel,
-                        r.area_code,
-                    ),
-                )
-                ids.append(int(cursor.lastrowid or 0))
+        conn.execute("BEGIN IMMEDIATE")
+        for r in rows:
+            (event_id,) = conn.execute(
+                "INSERT INTO delivery_events (at, warning_id, delivery_id, state, attempt, "
+                "adapter, reason, detail, target_id, channel, area_code) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+                (
+                    r.at,
+                    r.warning_id,
+                    r.delivery_id,
+                    r.state,
+                    r.attempt,
+                    r.adapter,
+                    r.reason,
+                    json.dumps(r.detail, ensure_ascii=False),
+                    r.target_id,
+                    r.channel,
+                    r.area_code,
+                ),
+            ).fetchone()
+            ids.append(int(event_id))
+        conn.execute("COMMIT")
         return ids
     finally:
         conn.close()
+
+
+class Recording:
+    """A connection that records each statement run through it, with its parameters."""
+
+    def __init__(self, conn: Db) -> None:
+        self.conn = conn
+        self.statements: list[tuple[str, Any]] = []
+
+    def execute(self, sql: str, parameters: Any = (), /) -> DbCursor:
+        self.statements.append((sql, parameters))
+        return self.conn.execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> DbCursor:
+        raise AssertionError("a read runs no executemany")
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def pages_read(self) -> list[tuple[str, Any]]:
+        return [(sql, p) for sql, p in self.statements if sql.startswith("SELECT e.id")]
 
 
 # -- a small log over the small directory -----------------------------------------------------
@@ -138,34 +171,41 @@ def synthetic_log(n: int, seed: int = 11) -> list[EventRow]:
     return rows
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    db = tmp_path / "log.db"
-    opened = await SqliteStore.open(db)
-    fill_small_directory(db)
+async def open_log(target: StoreTarget, *, node: str = "test") -> SqlStore:
+    opened = await target.open(node=node)
+    fill_small_directory(target)
     areas = {RED_A: (COUNTY_A,), RED_CITY: (CITY,), ORANGE_B: (COUNTY_B,), BLUE_A: (COUNTY_A,)}
     for warning_id, level in LEVELS.items():
         warning = make_warning(areas[warning_id], ident=warning_id, level=Level(level))
         await opened.create_warning(warning, idempotency=None, now=T0 - 100)
-    insert_events(db, synthetic_log(700))
+    insert_events(target, synthetic_log(700))
+    return opened
+
+
+@pytest.fixture
+async def store(store_target: StoreTarget) -> AsyncIterator[SqlStore]:
+    opened = await open_log(store_target)
     yield opened
     await opened.close()
 
 
-def all_rows(db: Path) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db)
+def all_rows(target: StoreTarget) -> list[tuple[Any, ...]]:
+    conn = target.connect()
     try:
-        return conn.execute(
-            "SELECT id, at, warning_id, state, target_id, channel, area_code FROM delivery_events "
-            "ORDER BY id"
-        ).fetchall()
+        return [
+            tuple(row)
+            for row in conn.execute(
+                "SELECT id, at, warning_id, state, target_id, channel, area_code "
+                "FROM delivery_events ORDER BY id"
+            ).fetchall()
+        ]
     finally:
         conn.close()
 
 
-def beneath(db: Path, area: str) -> set[str]:
+def beneath(target: StoreTarget, area: str) -> set[str]:
     """Area codes beneath ``area`` by walking parent links (not area_closure)."""
-    conn = sqlite3.connect(db)
+    conn = target.connect()
     try:
         parents = dict(conn.execute("SELECT code, parent_code FROM areas").fetchall())
     finally:
@@ -181,7 +221,7 @@ def beneath(db: Path, area: str) -> set[str]:
     return found
 
 
-def expected_ids(db: Path, query: LogFilter) -> list[int]:
+def expected_ids(db: StoreTarget, query: LogFilter) -> list[int]:
     """The reference: every event checked against every condition, oldest first."""
     area = beneath(db, query.area) if query.area is not None else None
     ids = []
@@ -202,9 +242,7 @@ def expected_ids(db: Path, query: LogFilter) -> list[int]:
     return ids
 
 
-async def pages(
-    store: SqliteStore, query: LogFilter, *, oldest_first: bool, limit: int
-) -> list[int]:
+async def pages(store: SqlStore, query: LogFilter, *, oldest_first: bool, limit: int) -> list[int]:
     """Every page, each asked with the previous page's last id, concatenated."""
     seen: list[int] = []
     cursor: int | None = 0 if oldest_first else None
@@ -275,35 +313,36 @@ def _random_filters(n: int, seed: int = 5) -> list[LogFilter]:
 
 @pytest.mark.parametrize("query", FILTERS + _random_filters(30), ids=repr)
 async def test_every_page_both_ways_matches_the_reference(
-    store: SqliteStore, query: LogFilter
+    store: SqlStore, store_target: StoreTarget, query: LogFilter
 ) -> None:
-    expected = expected_ids(store.path, query)
+    expected = expected_ids(store_target, query)
     for limit in (7, 1000):
         assert await pages(store, query, oldest_first=True, limit=limit) == expected
         assert await pages(store, query, oldest_first=False, limit=limit) == expected[::-1]
 
 
-async def test_filters_narrow(store: SqliteStore) -> None:
+async def test_filters_narrow(store: SqlStore, store_target: StoreTarget) -> None:
     """The fixture's log gives each filter something to leave out, and something to keep."""
-    everything = len(expected_ids(store.path, LogFilter()))
+    db = store_target
+    everything = len(expected_ids(db, LogFilter()))
     for query in FILTERS[1:]:
-        assert len(expected_ids(store.path, query)) < everything, query
-    assert expected_ids(store.path, LogFilter(level=Level.BLUE))
-    assert expected_ids(store.path, LogFilter(area=TOWN_A1, state="delivered", since=T0 + 1000))
+        assert len(expected_ids(db, query)) < everything, query
+    assert expected_ids(db, LogFilter(level=Level.BLUE))
+    assert expected_ids(db, LogFilter(area=TOWN_A1, state="delivered", since=T0 + 1000))
     # A county's area filter takes in its towns' and villages' events, and nothing else.
-    county = expected_ids(store.path, LogFilter(area=COUNTY_A))
-    exactly = [_at_area(store, code) for code in (COUNTY_A, TOWN_A1, VILLAGE_A1a, VILLAGE_A1b)]
+    county = expected_ids(db, LogFilter(area=COUNTY_A))
+    exactly = [_at_area(db, code) for code in (COUNTY_A, TOWN_A1, VILLAGE_A1a, VILLAGE_A1b)]
     assert sorted(county) == sorted(i for ids in exactly for i in ids)
     assert all(exactly)
 
 
-def _at_area(store: SqliteStore, code: str) -> list[int]:
-    return [row[0] for row in all_rows(store.path) if row[6] == code]
+def _at_area(db: StoreTarget, code: str) -> list[int]:
+    return [row[0] for row in all_rows(db) if row[6] == code]
 
 
-async def test_an_event_as_read(store: SqliteStore) -> None:
+async def test_an_event_as_read(store: SqlStore, store_target: StoreTarget) -> None:
     [event_id] = insert_events(
-        store.path,
+        store_target,
         [
             EventRow(
                 T0 + 99_999,
@@ -348,8 +387,8 @@ async def test_an_event_as_read(store: SqliteStore) -> None:
     ]
 
 
-async def test_cursors_bound_a_window(store: SqliteStore) -> None:
-    ids = expected_ids(store.path, LogFilter(channel=Channel.SPEAKER))
+async def test_cursors_bound_a_window(store: SqlStore, store_target: StoreTarget) -> None:
+    ids = expected_ids(store_target, LogFilter(channel=Channel.SPEAKER))
     low, high = ids[3], ids[-4]
     window = await store.log_events(
         LogFilter(channel=Channel.SPEAKER), after=low, before=high, limit=1000
@@ -358,66 +397,62 @@ async def test_cursors_bound_a_window(store: SqliteStore) -> None:
 
 
 async def test_the_level_merge_stops_at_the_warnings_that_can_reach_the_page(
-    store: SqliteStore,
+    store: SqlStore, store_target: StoreTarget
 ) -> None:
     """A page of one level reads the newest warning's events and no more once the page is
     full and the other warnings' events are all older."""
     latest = insert_events(
-        store.path,
+        store_target,
         [EventRow(T0 + 50_000 + i, RED_CITY, "sent", target_id="p01") for i in range(5)],
     )
-    conn = sqlite3.connect(store.path)
-    statements: list[str] = []
-    conn.set_trace_callback(statements.append)
+    hints = store._planner_hints
+    conn = Recording(store_target.connect())
     try:
-        page = read_log(conn, LogFilter(level=Level.RED), limit=5)
+        page = read_log(conn, LogFilter(level=Level.RED), limit=5, hints=hints)
         assert [e.id for e in page] == latest[::-1]
-        pages_read = [s for s in statements if s.startswith("SELECT e.id")]
-        assert len(pages_read) == 1, pages_read
-        statements.clear()
-        page = read_log(conn, LogFilter(level=Level.RED), limit=8)
+        assert len(conn.pages_read()) == 1, conn.pages_read()
+        conn.statements.clear()
+        page = read_log(conn, LogFilter(level=Level.RED), limit=8, hints=hints)
         assert [e.id for e in page][:5] == latest[::-1]
         assert {e.warning_id for e in page[5:]} <= {RED_A, RED_CITY}
-        assert len([s for s in statements if s.startswith("SELECT e.id")]) == 2
+        assert len(conn.pages_read()) == 2
     finally:
         conn.close()
 
 
 async def test_time_windows_use_id_bounds_and_keep_events_stamped_out_of_order(
-    store: SqliteStore,
+    store: SqlStore, store_target: StoreTarget
 ) -> None:
-    last_at = max(row[1] for row in all_rows(store.path))
+    last_at = max(row[1] for row in all_rows(store_target))
     # An acknowledgement written after every event so far, stamped minutes before the last of
     # them, then more events: it lies well inside the log and inside the window.
     early = last_at - 0.8 * TIME_SLACK
     [late_ack] = insert_events(
-        store.path, [EventRow(early, RED_A, "acknowledged", target_id="p02", channel="sms")]
+        store_target, [EventRow(early, RED_A, "acknowledged", target_id="p02", channel="sms")]
     )
-    insert_events(store.path, [EventRow(last_at + 10 * (i + 1), RED_A, "sent") for i in range(60)])
+    insert_events(
+        store_target, [EventRow(last_at + 10 * (i + 1), RED_A, "sent") for i in range(60)]
+    )
     window = LogFilter(since=early - 5, until=early + 5)
     for cursor in ({"after": 0}, {}):
         found = [e.id for e in await store.log_events(window, limit=1000, **cursor)]
         assert late_ack in found
-        assert sorted(found) == expected_ids(store.path, window)
-    # A window's id bounds leave out the log's start and end.
-    conn = sqlite3.connect(store.path)
-    statements: list[str] = []
-    conn.set_trace_callback(statements.append)
+        assert sorted(found) == expected_ids(store_target, window)
+    # A window's id bounds leave out the log's start and end: the page statement's first two
+    # parameters (no person, device or warning: the primary key's range).
+    conn = Recording(store_target.connect())
     try:
-        read_log(conn, LogFilter(since=T0 + 3000, until=T0 + 4000), limit=10)
+        read_log(
+            conn,
+            LogFilter(since=T0 + 3000, until=T0 + 4000),
+            limit=10,
+            hints=store._planner_hints,
+        )
     finally:
         conn.close()
-    [page_sql] = [s for s in statements if s.startswith("SELECT e.id")]
-    low, high = _id_bounds(page_sql)
+    [(_, params)] = conn.pages_read()
+    low, high = params[0], params[1]
     assert 100 < low < high < 600
-
-
-def _id_bounds(sql: str) -> tuple[int, int]:
-    # The trace shows the statement with its parameters bound.
-    text = sql.split("e.id > ", 1)[1]
-    low = int(text.split(" ", 1)[0])
-    high = int(text.split("e.id < ", 1)[1].split(" ", 1)[0])
-    return low, high
 
 
 def test_filter_parameters_round_trip_and_refuse_bad_values() -> None:
@@ -466,6 +501,7 @@ EVERY_NARROWING = LogFilter(
 
 
 def plan(db: Path, sql: str, params: Sequence[Any]) -> list[str]:
+    """SQLite's plan of ``sql``."""
     conn = sqlite3.connect(db)
     try:
         return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
@@ -507,24 +543,35 @@ def assert_walks_index(steps: list[str], index: str) -> None:
     ],
     ids=["person", "device", "person+all", "warning", "warning+all", "none", "no key+all"],
 )
+@sqlite_only
 async def test_query_plans_walk_an_index(
-    store: SqliteStore, query: LogFilter, key: Any, index: str, ascending: bool
+    store: SqlStore,
+    store_target: StoreTarget,
+    query: LogFilter,
+    key: Any,
+    index: str,
+    ascending: bool,
 ) -> None:
-    sql, params = page_statement(query, key=key, lo=5, hi=500, ascending=ascending, limit=100)
-    assert_walks_index(plan(store.path, sql, params), index)
+    sql, params = page_statement(
+        query, key=key, lo=5, hi=500, ascending=ascending, limit=100, hints=True
+    )
+    assert_walks_index(plan(store_target.path, sql, params), index)
 
 
-async def test_the_level_merge_and_the_time_search_seek(store: SqliteStore) -> None:
-    conn = sqlite3.connect(store.path)
+@sqlite_only
+async def test_the_level_merge_and_the_time_search_seek(
+    store: SqlStore, store_target: StoreTarget
+) -> None:
+    conn = sqlite3.connect(store_target.path)
     statements: list[str] = []
     conn.set_trace_callback(statements.append)
     try:
-        read_log(conn, LogFilter(level=Level.RED, since=T0 + 100), limit=10)
+        read_log(conn, LogFilter(level=Level.RED, since=T0 + 100), limit=10, hints=True)
     finally:
         conn.close()
     seeks = {s.split(" WHERE ")[0] + " WHERE …" for s in statements if "LIMIT 1" in s}
     assert seeks, statements
-    conn = sqlite3.connect(store.path)
+    conn = sqlite3.connect(store_target.path)
     try:
         for statement in statements:
             if not statement.startswith("SELECT") or "FROM warnings" in statement:
@@ -537,7 +584,10 @@ async def test_the_level_merge_and_the_time_search_seek(store: SqliteStore) -> N
         conn.close()
 
 
-async def test_a_rare_level_among_many_events_reads_little(store: SqliteStore) -> None:
+@sqlite_only
+async def test_a_rare_level_among_many_events_reads_little(
+    store: SqlStore, store_target: StoreTarget
+) -> None:
     """100,000 red events after a few hundred blue ones: the newest blue page, a person's page
     and the last 20 seconds' page each read a few hundred rows, not the log (SQLite's VM
     steps, counted in thousands)."""
@@ -545,8 +595,8 @@ async def test_a_rare_level_among_many_events_reads_little(store: SqliteStore) -
         EventRow(T0 + 10_000 + i * 0.1, RED_A, "sent", target_id=f"x{i % 997}", channel="sms")
         for i in range(100_000)
     ]
-    insert_events(store.path, bulk)
-    conn = sqlite3.connect(store.path)
+    insert_events(store_target, bulk)
+    conn = sqlite3.connect(store_target.path)
     try:
 
         def measured(query: LogFilter) -> tuple[int, list[LogEvent]]:
@@ -558,7 +608,7 @@ async def test_a_rare_level_among_many_events_reads_little(store: SqliteStore) -
 
             conn.set_progress_handler(tick, 1000)
             try:
-                events = read_log(conn, query, limit=100)
+                events = read_log(conn, query, limit=100, hints=True)
             finally:
                 conn.set_progress_handler(None, 0)
             return steps[0], events

@@ -1,4 +1,4 @@
-"""Reading a warning's coverage on SQLite: counts per area, the lists of those not reached, and
+"""Reading a warning's coverage: counts per area, the lists of those not reached, and
 the warning's progress.
 
 Coverage is summed from two small tables the planner and the engine keep: ``coverage_targets``
@@ -14,6 +14,9 @@ key), reach the directory through its indexes (``grids_village``, ``grid_members
 ``households_grid``, ``persons_village``) and look each candidate up in ``reached`` by its
 key, sorting one village at a time; a page stops as soon as it is full. The cursor is the last
 item's (village, id). ``tests/test_coverage_store.py`` checks the query plans.
+
+The indexes are named to SQLite (``INDEXED BY``); PostgreSQL, which has no such hints, plans the
+same statements on its own (:func:`~dispatcher.store.connections.without_hints`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from dispatcher.store.base import (
     WarningProgress,
     mask_phone,
 )
-from dispatcher.store.connections import Db, StoreConnections
+from dispatcher.store.connections import Db, StoreConnections, without_hints
 
 __all__ = ["COVERAGE_DEPTHS", "UNREACHED_QUERIES", "CoverageQueries", "unreached_statement"]
 
@@ -58,7 +61,8 @@ _VILLAGES = (
     "coalesce(sum(CASE WHEN cc.kind = 'person' THEN cc.n END), 0) AS r_pp "
     "FROM coverage_targets ct LEFT JOIN coverage_counts cc "
     "ON cc.warning_seq = ct.warning_seq AND cc.village_code = ct.village_code "
-    "WHERE ct.warning_seq = :seq{where} GROUP BY ct.village_code"
+    # Grouped by the key: each group is one coverage_targets row.
+    "WHERE ct.warning_seq = :seq{where} GROUP BY ct.warning_seq, ct.village_code"
 )
 _SUMS = (
     "count(*), sum(CASE WHEN v.r_v > 0 THEN 1 ELSE 0 END), "
@@ -163,15 +167,18 @@ def unreached_statement(
     area: str | None,
     after: str | None,
     limit: int,
+    hints: bool,
 ) -> tuple[str, dict[str, Any]]:
     """The statement reading one page of the unreached ``kind`` (InvalidCursor for a bad
-    ``after``)."""
+    ``after``; ``hints``: name the indexes, as SQLite needs)."""
     village, target = parse_cursor(kind, after)
     sql = UNREACHED_QUERIES[kind]
     keyset = ""
     if kind is not CoverageKind.VILLAGE and target is not None:
         keyset = _AFTER_ID[kind]
     sql = sql.format(area=_AREA if area is not None else "", after=keyset)
+    if not hints:
+        sql = without_hints(sql)
     params: dict[str, Any] = {"seq": seq, "village": village, "limit": limit}
     if area is not None:
         params["area"] = area
@@ -236,7 +243,7 @@ def _snapshot(conn: Db) -> None:
 
 
 class CoverageQueries(StoreConnections):
-    """Mixed into :class:`dispatcher.store.sqlite.SqliteStore`."""
+    """Mixed into :class:`dispatcher.store.sql_store.SqlStore`."""
 
     async def coverage(
         self,
@@ -253,6 +260,7 @@ class CoverageQueries(StoreConnections):
         levels: tuple[str, ...] = ()
         if depth is not None:
             levels = COVERAGE_DEPTHS[: COVERAGE_DEPTHS.index(depth) + 1] if tree else (depth,)
+        late_query = LATE_QUERY if self._planner_hints else without_hints(LATE_QUERY)
 
         def run(conn: Db) -> WarningCoverage | None:
             _snapshot(conn)
@@ -294,7 +302,7 @@ class CoverageQueries(StoreConnections):
                     areas = _tree_order(areas)
                 late = {
                     CoverageKind(kind): int(n)
-                    for kind, n in conn.execute(LATE_QUERY, (seq,))
+                    for kind, n in conn.execute(late_query, (seq,))
                     if kind in _KINDS
                 }
             finally:
@@ -322,12 +330,15 @@ class CoverageQueries(StoreConnections):
         limit: int,
     ) -> UnreachedPage | None:
         parse_cursor(kind, after)  # a bad cursor fails here, before any read
+        hints = self._planner_hints
 
         def run(conn: Db) -> UnreachedPage | None:
             seq = _warning_seq(conn, warning_id)
             if seq is None:
                 return None
-            sql, params = unreached_statement(seq, kind, area=area, after=after, limit=limit + 1)
+            sql, params = unreached_statement(
+                seq, kind, area=area, after=after, limit=limit + 1, hints=hints
+            )
             items = [
                 UnreachedItem(
                     kind=kind,

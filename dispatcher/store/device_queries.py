@@ -1,4 +1,4 @@
-"""Devices' connection state on SQLite: the newest status per device (``device_status``, written
+"""Devices' connection state: the newest status per device (``device_status``, written
 in batches by the engine) and the directory's devices listed with it.
 
 A directory device is matched to its status by ``(devices.adapter, COALESCE(NULLIF(
@@ -6,8 +6,10 @@ devices.address, ''), devices.id))`` — the adapter and the address the engine 
 is ``device_status``' primary key, so each device on a page costs one key lookup. A page walks
 ``devices`` in id order from the cursor and stops when it is full; the counts by state read
 every device the other filters match (a city has a few thousand). Statuses from addresses no
-device has are found through the expression index ``devices_adapter_address`` (migration 7).
-A page, its devices' areas and the counts are read in one transaction (one snapshot).
+device has are found through the expression index ``devices_adapter_address`` (migration 7),
+named to SQLite (``INDEXED BY``; PostgreSQL plans on its own, see
+:func:`~dispatcher.store.connections.without_hints`). A page, its devices' areas and the counts
+are read in one transaction (one snapshot).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dispatcher.store.base import (
     DeviceStatusRecord,
     InvalidCursor,
 )
-from dispatcher.store.connections import Db, StoreConnections
+from dispatcher.store.connections import Db, StoreConnections, without_hints
 
 __all__ = [
     "DEVICE_STATUS_COLUMNS",
@@ -53,9 +55,11 @@ _DEVICE_COLUMNS = (
 #: the join, and the columns address, last seen and state (``:silent_before`` bound).
 DEVICE_STATUS_JOIN = _JOIN
 DEVICE_STATUS_COLUMNS = f"{_ADDRESS}, ds.last_seen, {_STATE}"
+# ``ds.address || ''``: an expression without the column's affinity, so that SQLite compares
+# it with the indexed expression (which has none) through the index.
 _UNREGISTERED = (
     "NOT EXISTS (SELECT 1 FROM devices d INDEXED BY devices_adapter_address "
-    f"WHERE d.adapter = ds.adapter AND {_ADDRESS} = +ds.address)"
+    f"WHERE d.adapter = ds.adapter AND {_ADDRESS} = ds.address || '')"
 )
 
 _CURSOR = re.compile(r"[A-Za-z0-9_-]+")
@@ -153,11 +157,13 @@ def read_devices(
     silent_before: float,
     after: str | None,
     limit: int,
+    hints: bool,
 ) -> DevicePage:
-    """One page of directory devices (or unregistered statuses) with the counts by state."""
+    """One page of directory devices (or unregistered statuses) with the counts by state
+    (``hints``: name the index, as SQLite needs)."""
     if query.unregistered:
         return _read_unregistered(
-            conn, query, silent_before=silent_before, after=after, limit=limit
+            conn, query, silent_before=silent_before, after=after, limit=limit, hints=hints
         )
     (after_id,) = decode_cursor(after, unregistered=False) if after is not None else ("",)
     where: list[str] = []
@@ -187,7 +193,7 @@ def read_devices(
         rows = rows[:limit]
         areas = _areas_of(conn, [r[0] for r in rows])
         counts = conn.execute(
-            f"SELECT {_STATE} AS state, count(*) FROM devices d {_JOIN} {filters} GROUP BY state",
+            f"SELECT {_STATE} AS state, count(*) FROM devices d {_JOIN} {filters} GROUP BY 1",
             params,
         ).fetchall()
     finally:
@@ -204,6 +210,7 @@ def _read_unregistered(
     silent_before: float,
     after: str | None,
     limit: int,
+    hints: bool,
 ) -> DevicePage:
     adapter, address = decode_cursor(after, unregistered=True) if after is not None else ("", "")
     where = [_UNREGISTERED]
@@ -215,12 +222,21 @@ def _read_unregistered(
     if query.state is not None:
         page_where.append(f"{_STATE} = :state")
         params["state"] = query.state.value
+    page_sql = (
+        f"SELECT ds.adapter, ds.address, ds.last_seen, ds.detail, {_STATE} "
+        f"FROM device_status ds WHERE {' AND '.join(page_where)} "
+        "ORDER BY ds.adapter, ds.address LIMIT :limit"
+    )
+    counts_sql = (
+        f"SELECT {_STATE} AS state, count(*) FROM device_status ds "
+        f"WHERE {' AND '.join(where)} GROUP BY 1"
+    )
+    if not hints:
+        page_sql, counts_sql = without_hints(page_sql), without_hints(counts_sql)
     conn.execute("BEGIN")
     try:
         rows = conn.execute(
-            f"SELECT ds.adapter, ds.address, ds.last_seen, ds.detail, {_STATE} "
-            f"FROM device_status ds WHERE {' AND '.join(page_where)} "
-            "ORDER BY ds.adapter, ds.address LIMIT :limit",
+            page_sql,
             {
                 **params,
                 "after_adapter": adapter,
@@ -228,11 +244,7 @@ def _read_unregistered(
                 "limit": limit + 1,
             },
         ).fetchall()
-        counts = conn.execute(
-            f"SELECT {_STATE} AS state, count(*) FROM device_status ds "
-            f"WHERE {' AND '.join(where)} GROUP BY state",
-            params,
-        ).fetchall()
+        counts = conn.execute(counts_sql, params).fetchall()
     finally:
         conn.execute("COMMIT")
     more = len(rows) > limit
@@ -256,7 +268,7 @@ def _read_unregistered(
 
 
 class DeviceQueries(StoreConnections):
-    """The Store's device-state methods, mixed into :class:`dispatcher.store.sqlite.SqliteStore`."""
+    """The Store's device-state methods, mixed into :class:`dispatcher.store.sql_store.SqlStore`."""
 
     async def record_device_status(self, statuses: Sequence[DeviceStatusRecord]) -> int:
         rows = [
@@ -283,9 +295,12 @@ class DeviceQueries(StoreConnections):
         if after is not None:
             decode_cursor(after, unregistered=query.unregistered)  # fails here, before a read
         silent_before = now - heartbeat_timeout
+        hints = self._planner_hints
 
         def run(conn: Db) -> DevicePage:
-            return read_devices(conn, query, silent_before=silent_before, after=after, limit=limit)
+            return read_devices(
+                conn, query, silent_before=silent_before, after=after, limit=limit, hints=hints
+            )
 
         return await self._read(run)
 

@@ -1,4 +1,4 @@
-"""The delivery log on SQLite: pages of ``delivery_events``, newest or oldest first, narrowed by
+"""The delivery log: pages of ``delivery_events``, newest or oldest first, narrowed by
 a :class:`~dispatcher.log_query.LogFilter`, that stay quick with millions of events.
 
 Each page is one statement that walks an index in id order and stops at the page's end, never
@@ -18,6 +18,12 @@ itself: events are appended in time order, so a binary search over the primary k
 time into an id (allowing :data:`~dispatcher.log_query.TIME_SLACK` for events stamped a little
 out of that order). ``tests/test_log_store.py`` checks the query plans.
 
+The indexes are named to SQLite (``INDEXED BY``): with some statistics it would rather walk the
+primary key than a warning's or a target's index. PostgreSQL, which has no such hints, plans
+the same statements on its own (:func:`~dispatcher.store.connections.without_hints`). Ids are
+commit order on both (every write transaction holds the writer lock), so a cursor never skips
+an event committed after the page was read.
+
 A whole-warning event (received, planned, cancelled …) has no target, channel or area, so
 those filters leave it out."""
 
@@ -27,13 +33,13 @@ import json
 from typing import Any
 
 from dispatcher.log_query import MAX_CURSOR, TIME_SLACK, LogEvent, LogFilter
-from dispatcher.store.connections import Db, StoreConnections
+from dispatcher.store.connections import Db, StoreConnections, without_hints
 
 _COLUMNS = (
     "e.id, e.at, e.warning_id, e.delivery_id, e.state, e.attempt, e.adapter, e.reason, "
     "e.detail, e.target_id, e.channel, e.area_code, w.level"
 )
-#: The index each way in (``None``: the primary key).
+#: The index each way in (``None``: the primary key), as SQLite hints (dropped elsewhere).
 _INDEX = {
     "target": "INDEXED BY delivery_events_target",
     "warning": "INDEXED BY delivery_events_warning",
@@ -46,9 +52,17 @@ Key = tuple[str, str] | None
 
 
 def page_statement(
-    query: LogFilter, *, key: Key, lo: int, hi: int, ascending: bool, limit: int
+    query: LogFilter,
+    *,
+    key: Key,
+    lo: int,
+    hi: int,
+    ascending: bool,
+    limit: int,
+    hints: bool,
 ) -> tuple[str, tuple[Any, ...]]:
-    """One page of events with ``lo < id < hi`` through ``key``'s index, in id order."""
+    """One page of events with ``lo < id < hi`` through ``key``'s index, in id order
+    (``hints``: name the index, as SQLite needs)."""
     kind = key[0] if key is not None else None
     where: list[str] = []
     params: list[Any] = []
@@ -85,7 +99,7 @@ def page_statement(
         f"ORDER BY e.id {'ASC' if ascending else 'DESC'} LIMIT ?"
     )
     params.append(limit)
-    return sql, tuple(params)
+    return (sql if hints else without_hints(sql)), tuple(params)
 
 
 def read_log(
@@ -95,9 +109,10 @@ def read_log(
     before: int | None = None,
     after: int | None = None,
     limit: int,
+    hints: bool,
 ) -> list[LogEvent]:
     """Up to ``limit`` events matching ``query`` with ``after < id < before``: oldest first
-    when ``after`` is given, else newest first."""
+    when ``after`` is given, else newest first (``hints``: name indexes, as SQLite needs)."""
     ascending = after is not None
     lo = after if after is not None else 0
     hi = before if before is not None else MAX_CURSOR
@@ -111,14 +126,14 @@ def read_log(
             return []
         target = query.person or query.device
         if target is not None:
-            return _page(conn, query, ("target", target), lo, hi, ascending, limit)
+            return _page(conn, query, ("target", target), lo, hi, ascending, limit, hints)
         if query.warning is not None:
             if query.level is not None and _level_of(conn, query.warning) != query.level.value:
                 return []
-            return _page(conn, query, ("warning", query.warning), lo, hi, ascending, limit)
+            return _page(conn, query, ("warning", query.warning), lo, hi, ascending, limit, hints)
         if query.level is not None:
-            return _merged(conn, query, query.level.value, lo, hi, ascending, limit)
-        return _page(conn, query, None, lo, hi, ascending, limit)
+            return _merged(conn, query, query.level.value, lo, hi, ascending, limit, hints)
+        return _page(conn, query, None, lo, hi, ascending, limit, hints)
     finally:
         conn.execute("COMMIT")
 
@@ -136,8 +151,11 @@ def _page(
     hi: int,
     ascending: bool,
     limit: int,
+    hints: bool,
 ) -> list[LogEvent]:
-    sql, params = page_statement(query, key=key, lo=lo, hi=hi, ascending=ascending, limit=limit)
+    sql, params = page_statement(
+        query, key=key, lo=lo, hi=hi, ascending=ascending, limit=limit, hints=hints
+    )
     return [_event(row) for row in conn.execute(sql, params)]
 
 
@@ -149,6 +167,7 @@ def _merged(
     hi: int,
     ascending: bool,
     limit: int,
+    hints: bool,
 ) -> list[LogEvent]:
     """The level's warnings read one by one through the warning index, merged. Each warning's
     first event in the page's direction is one index seek; warnings are visited from the one
@@ -158,13 +177,15 @@ def _merged(
         wid for (wid,) in conn.execute("SELECT id FROM warnings WHERE level = ?", (level,))
     ]
     direction = "ASC" if ascending else "DESC"
+    seek = (
+        f"SELECT id FROM delivery_events {_INDEX['warning']} "
+        f"WHERE warning_id = ? AND id > ? AND id < ? ORDER BY id {direction} LIMIT 1"
+    )
+    if not hints:
+        seek = without_hints(seek)
     starts: list[tuple[int, str]] = []
     for wid in warning_ids:
-        row = conn.execute(
-            f"SELECT id FROM delivery_events {_INDEX['warning']} "
-            f"WHERE warning_id = ? AND id > ? AND id < ? ORDER BY id {direction} LIMIT 1",
-            (wid, lo, hi),
-        ).fetchone()
+        row = conn.execute(seek, (wid, lo, hi)).fetchone()
         if row is not None:
             starts.append((int(row[0]), wid))
     starts.sort(reverse=not ascending)
@@ -174,7 +195,7 @@ def _merged(
             edge = merged[limit - 1].id
             if (start > edge) if ascending else (start < edge):
                 break
-        merged += _page(conn, query, ("warning", wid), lo, hi, ascending, limit)
+        merged += _page(conn, query, ("warning", wid), lo, hi, ascending, limit, hints)
         merged.sort(key=lambda e: e.id, reverse=not ascending)
         del merged[limit:]
     return merged
@@ -245,7 +266,7 @@ def _detail(text: str | None) -> dict[str, Any]:
 
 
 class LogQueries(StoreConnections):
-    """The Store's delivery-log methods, mixed into :class:`dispatcher.store.sqlite.SqliteStore`."""
+    """The Store's delivery-log methods, mixed into :class:`dispatcher.store.sql_store.SqlStore`."""
 
     async def log_events(
         self,
@@ -255,8 +276,10 @@ class LogQueries(StoreConnections):
         after: int | None = None,
         limit: int,
     ) -> list[LogEvent]:
+        hints = self._planner_hints
+
         def run(conn: Db) -> list[LogEvent]:
-            return read_log(conn, query, before=before, after=after, limit=limit)
+            return read_log(conn, query, before=before, after=after, limit=limit, hints=hints)
 
         return await self._read(run)
 

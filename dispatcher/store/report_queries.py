@@ -1,4 +1,4 @@
-"""Reading operators' reports on SQLite (:class:`dispatcher.store.reports_base.ReportStore`):
+"""Reading operators' reports (:class:`dispatcher.store.reports_base.ReportStore`):
 the door-to-door follow-up list and what a test broadcast's report is made of.
 
 **Follow-up.** A page is whole villages. It walks the warning's covered villages in code order
@@ -15,6 +15,10 @@ unreached people are read by key, in one snapshot. The cursor is the page's last
 and read one by one for devices (a test broadcast has a few thousand). Each device that did
 not acknowledge gets its delivery's events (``delivery_events_target``, from the warning's
 first event on) and its status (``device_status`` by key, as GET /v1/devices reads it).
+
+The indexes are named to SQLite (``INDEXED BY``, and a ``CROSS JOIN`` fixing the join order,
+which PostgreSQL reads as a plain join); PostgreSQL plans the same statements on its own
+(:func:`~dispatcher.store.connections.without_hints`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dispatcher.store.base import DeviceState, InvalidCursor
-from dispatcher.store.connections import Db, StoreConnections
+from dispatcher.store.connections import Db, StoreConnections, without_hints
 from dispatcher.store.device_queries import DEVICE_STATUS_COLUMNS, DEVICE_STATUS_JOIN
 from dispatcher.store.reports_base import (
     FollowupHousehold,
@@ -53,8 +57,8 @@ def _reached(kind: str, target: str, *, in_time: int, seq: str = ":seq") -> str:
 
 #: Households of the warning not reached in time, village by village. ``{village}``: the
 #: villages after the cursor (``> :after``) or one village (``= :village``); ``{area}``:
-#: nothing, or the villages in an area. Columns: village, household, grid, address, reached
-#: late.
+#: nothing, or the villages in an area; ``{limit}``: nothing, or ``LIMIT :limit``. Columns:
+#: village, household, grid, address, reached late.
 FOLLOWUP_HOUSEHOLDS = (
     "SELECT ct.village_code, h.id, h.grid_id, h.address, "
     f"{_reached('household', 'h.id', in_time=0)} "
@@ -63,8 +67,9 @@ FOLLOWUP_HOUSEHOLDS = (
     "JOIN households h INDEXED BY households_grid ON h.grid_id = g.id "
     "WHERE ct.warning_seq = :seq AND ct.village_code {village}{area} "
     f"AND NOT {_reached('household', 'h.id', in_time=1)} "
-    "ORDER BY ct.village_code LIMIT :limit"
+    "ORDER BY ct.village_code{limit}"
 )
+_LIMIT = " LIMIT :limit"
 _AREA = " AND ct.village_code IN (SELECT descendant FROM area_closure WHERE ancestor = :area)"
 #: The grids' members (a grid without one: a row with NULLs), and whether each acknowledged.
 _GRID_MEMBERS = (
@@ -74,7 +79,8 @@ _GRID_MEMBERS = (
     "LEFT JOIN persons p ON p.id = gm.person_id "
     "WHERE g.id IN ({marks}) ORDER BY g.id, gm.person_id"
 )
-#: The households' people not reached in time (all of them, in an unreached household).
+#: The households' people not reached in time (all of them, in an unreached household);
+#: ``{marks}``: the households' placeholders, numbered from ``?2`` (``?1`` is the warning).
 _PERSONS = (
     "SELECT p.household_id, p.id, p.name, p.phone, p.vulnerable, p.lives_alone, "
     f"{_reached('person', 'p.id', in_time=0, seq='?1')} "
@@ -94,8 +100,10 @@ _DEVICE_DELIVERIES = (
     f"SELECT d.id, d.target_id, d.state, d.attempts {_DELIVERIES} AND d.audience = 'device' "
     "ORDER BY d.id"
 )
+#: People's deliveries by channel, state and whether they were sent (any attempt: the
+#: group's most attempts is more than none exactly when each of its deliveries' is).
 _PEOPLE_BY_CHANNEL = (
-    f"SELECT d.channel, d.state, d.attempts, count(*) {_DELIVERIES} AND {_PEOPLE} "
+    f"SELECT d.channel, d.state, max(d.attempts), count(*) {_DELIVERIES} AND {_PEOPLE} "
     "GROUP BY d.channel, d.state, d.attempts > 0"
 )
 _PEOPLE_TARGETED = f"SELECT count(DISTINCT d.target_id) {_DELIVERIES} AND {_PEOPLE}"
@@ -119,6 +127,10 @@ def _marks(items: Sequence[Any]) -> str:
     return ",".join("?" * len(items))
 
 
+def _numbered_marks(items: Sequence[Any], *, first: int) -> str:
+    return ",".join(f"?{first + i}" for i in range(len(items)))
+
+
 def _households(
     conn: Db,
     seq: int,
@@ -126,16 +138,25 @@ def _households(
     area: str | None,
     after: str | None = None,
     village: str | None = None,
-    limit: int = -1,
+    limit: int | None = None,
+    hints: bool,
 ) -> list[tuple[str, FollowupHousehold]]:
-    params: dict[str, Any] = {"seq": seq, "limit": limit}
+    params: dict[str, Any] = {"seq": seq}
     if village is not None:
         where, params["village"] = "= :village", village
     else:
         where, params["after"] = "> :after", after or ""
     if area is not None:
         params["area"] = area
-    sql = FOLLOWUP_HOUSEHOLDS.format(village=where, area=_AREA if area is not None else "")
+    if limit is not None:
+        params["limit"] = limit
+    sql = FOLLOWUP_HOUSEHOLDS.format(
+        village=where,
+        area=_AREA if area is not None else "",
+        limit=_LIMIT if limit is not None else "",
+    )
+    if not hints:
+        sql = without_hints(sql)
     return [
         (
             code,
@@ -146,9 +167,9 @@ def _households(
 
 
 def _read_followup(
-    conn: Db, seq: int, *, area: str | None, after: str | None, limit: int
+    conn: Db, seq: int, *, area: str | None, after: str | None, limit: int, hints: bool
 ) -> FollowupPage:
-    rows = _households(conn, seq, area=area, after=after, limit=limit + 1)
+    rows = _households(conn, seq, area=area, after=after, limit=limit + 1, hints=hints)
     following: str | None = None
     if len(rows) > limit:
         # The village of the household past the page waits for the next page, unless it is
@@ -156,8 +177,8 @@ def _read_followup(
         boundary = rows[limit][0]
         rows = [r for r in rows if r[0] != boundary]
         if not rows:
-            rows = _households(conn, seq, area=area, village=boundary)
-            more = _households(conn, seq, area=area, after=boundary, limit=1)
+            rows = _households(conn, seq, area=area, village=boundary, hints=hints)
+            more = _households(conn, seq, area=area, after=boundary, limit=1, hints=hints)
             following = boundary if more else None
         else:
             following = rows[-1][0]
@@ -179,10 +200,11 @@ def _read_followup(
                 members.setdefault(grid_id, []).append(
                     FollowupMember(person_id, name or "", phone, bool(acked))
                 )
+    persons_sql = _PERSONS if hints else without_hints(_PERSONS)
     persons: dict[str, list[FollowupPerson]] = {}
     for chunk in _chunks([h.id for _, h in rows]):
         for household_id, pid, name, phone, vulnerable, alone, late in conn.execute(
-            _PERSONS.format(marks=_marks(chunk)), (seq, *chunk)
+            persons_sql.format(marks=_numbered_marks(chunk, first=2)), (seq, *chunk)
         ):
             persons.setdefault(household_id, []).append(
                 FollowupPerson(pid, name or "", phone, bool(vulnerable), bool(alone), bool(late))
@@ -301,7 +323,7 @@ def _read_test_report(
 
 
 class ReportQueries(StoreConnections):
-    """The Store's report reads, mixed into :class:`dispatcher.store.sqlite.SqliteStore`."""
+    """The Store's report reads, mixed into :class:`dispatcher.store.sql_store.SqlStore`."""
 
     async def followup(
         self, warning_id: str, *, area: str | None = None, after: str | None = None, limit: int
@@ -309,6 +331,7 @@ class ReportQueries(StoreConnections):
         parse_village_cursor(after)  # a bad cursor fails here, before any read
         if limit < 1:
             raise ValueError("limit must be at least 1")
+        hints = self._planner_hints
 
         def run(conn: Db) -> FollowupPage | None:
             conn.execute("BEGIN")
@@ -318,7 +341,9 @@ class ReportQueries(StoreConnections):
                 ).fetchone()
                 if found is None:
                     return None
-                return _read_followup(conn, int(found[0]), area=area, after=after, limit=limit)
+                return _read_followup(
+                    conn, int(found[0]), area=area, after=after, limit=limit, hints=hints
+                )
             finally:
                 conn.execute("COMMIT")
 

@@ -1,6 +1,6 @@
 """What the store reads for operators' reports: the door-to-door follow-up list of a warning
 (the households not reached, grouped by grid member) and what a test broadcast's report is
-made of (dispatcher/reports/test_report.py). The SQLite store implements it in
+made of (dispatcher/reports/test_report.py). Both stores implement it in
 :mod:`dispatcher.store.report_queries`.
 
 The grouping of a village's unreached households into grid members' sheets is here, as a pure
@@ -245,7 +245,7 @@ class TestReportData:
 
 @runtime_checkable
 class ReportStore(Protocol):
-    """The reads the reports need (SqliteStore has them all)."""
+    """The reads the reports need (both stores have them all)."""
 
     async def get_warning(self, warning_id: str) -> WarningRecord | None: ...
 
