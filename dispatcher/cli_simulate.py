@@ -18,7 +18,6 @@ import argparse
 import os
 import sys
 from importlib.metadata import EntryPoint, entry_points
-from pathlib import Path
 from typing import Any
 
 from dispatcher.config import load_config
@@ -109,7 +108,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def directory_speakers(config_path: str, adapter: str) -> list[tuple[str, tuple[str, ...]]] | str:
     """``(device_id, areas)`` of the loudspeakers of adapter instance ``adapter``, or what is
     wrong (no such instance, no store yet, no speakers)."""
-    from dispatcher.store.sqlite_directory import SqliteDirectory
+    from dispatcher.store.directory_base import open_directory
 
     config = load_config(config_path)
     names = [spec.name for spec in config.adapters]
@@ -118,11 +117,12 @@ def directory_speakers(config_path: str, adapter: str) -> list[tuple[str, tuple[
             f"no adapter instance named {adapter!r} in {config.path} "
             f"(there are: {', '.join(names) or 'none'})"
         )
-    store = Path(config.store_path)
-    if not store.is_file():
-        return f"{store}: no store yet (import a directory or start the daemon first)"
-    with SqliteDirectory.open(store) as directory:
+    if config.store_dsn is None and not config.store_path.is_file():
+        return f"{config.store_path}: no store yet (import a directory or start the daemon first)"
+    with open_directory(config.store_target) as directory:
         speakers = directory.devices_with_areas(adapter)
     if not speakers:
-        return f"the directory in {store} has no loudspeakers with adapter {adapter!r}"
+        return (
+            f"the directory in {config.store_location} has no loudspeakers with adapter {adapter!r}"
+        )
     return speakers

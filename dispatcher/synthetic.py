@@ -9,8 +9,8 @@ the statistical code where 1xx are towns (镇) and 2xx villages (村).
 
 Generated phone numbers are valid Chinese mobile numbers (the tests check them with
 phonenumbers), unique per person, already in E.164, so :func:`load_synthetic` writes straight
-into SQLite without parsing them; :func:`write_csv` writes the same directory as the CSV files
-the importer reads.
+into the store (SQLite or PostgreSQL) without parsing them; :func:`write_csv` writes the same
+directory as the CSV files the importer reads.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ from dispatcher.directory.records import (
 from dispatcher.domain import AreaLevel, Channel, DeviceKind, Role
 
 if TYPE_CHECKING:
-    from dispatcher.store.sqlite_directory import SqliteDirectory
+    from dispatcher.store.directory_base import SqlDirectory
+    from dispatcher.store.pg_connection import PgConnection
 
 #: Tocsin's reference deployment: 7 counties, 98 towns, 1,470 villages, 10,290 grids,
 #: 648,270 households, about 2.01 million people.
@@ -491,50 +492,58 @@ def write_csv(
     }
 
 
-# -- straight into SQLite -------------------------------------------------------------------
+# -- straight into the store ----------------------------------------------------------------
 
 _LOAD_BATCH = 5000
 
 
 def load_synthetic(
-    conn_or_path: sqlite3.Connection | str | os.PathLike[str],
+    target: sqlite3.Connection | PgConnection | str | os.PathLike[str],
     config: SyntheticDirectoryConfig,
     *,
     progress: bool = True,
 ) -> dict[str, int]:
-    """Write the synthetic directory into a SQLite database in one transaction, without the
-    CSV round trip or phone parsing; return the directory's row counts afterwards. A path is
-    created and migrated if needed; a connection must come from
-    :func:`dispatcher.store.sqlite.connect` and be migrated already."""
-    # Imported here: the SQLite store module imports the directory package.
-    from dispatcher.store.sqlite_directory import SqliteDirectory
+    """Write the synthetic directory into a store in one transaction, without the CSV round
+    trip or phone parsing; return the directory's row counts afterwards.
 
-    if isinstance(conn_or_path, sqlite3.Connection):
-        return _load(SqliteDirectory(conn_or_path), config, progress=progress)
-    with SqliteDirectory.open(conn_or_path) as store:
+    ``target`` is a store as :func:`dispatcher.directory.import_directory` takes it — a SQLite
+    file (a path: created and migrated if needed) or a PostgreSQL DSN (a string, see
+    :func:`dispatcher.store.directory_base.is_postgres_dsn`: migrated if needed) — or an open
+    connection to a migrated store: one from :func:`dispatcher.store.sqlite.connect` or a
+    :class:`dispatcher.store.pg_connection.PgConnection`. On PostgreSQL the transaction holds
+    the writer lock that every node's write transactions take, so the load suits an empty
+    directory (the demo, tests, benchmarks), not a busy cluster."""
+    # Imported here: the store modules import the directory package.
+    from dispatcher.store.directory_base import open_directory
+
+    if isinstance(target, sqlite3.Connection):
+        from dispatcher.store.sqlite_directory import SqliteDirectory
+
+        return _load(SqliteDirectory(target), config, progress=progress)
+    if not isinstance(target, str | os.PathLike):
+        from dispatcher.store.pg_directory import PgDirectory
+
+        return _load(PgDirectory(target), config, progress=progress)
+    with open_directory(target) as store:
         return _load(store, config, progress=progress)
 
 
 def _load(
-    store: SqliteDirectory, config: SyntheticDirectoryConfig, *, progress: bool
+    store: SqlDirectory, config: SyntheticDirectoryConfig, *, progress: bool
 ) -> dict[str, int]:
     city = _build_city(config)
     estimate = round(city.household_count * config.persons_per_household)
-    # The generator is consistent by construction (the tests import its CSV through the
-    # checking importer), so SQLite's per-row foreign-key lookups, a third of the insert
-    # time, are switched off for the load. The pragma only takes effect outside a transaction.
-    (foreign_keys,) = store.conn.execute("PRAGMA foreign_keys").fetchone()
-    store.conn.execute("PRAGMA foreign_keys = OFF")
-    try:
+    # Rows go in parents first (areas top down, grids, households, persons, devices), so the
+    # foreign keys hold after every statement where they are checked (always on PostgreSQL;
+    # SQLite's bulk_load switches its checks off, the generator being consistent).
+    with store.bulk_load():
         _load_tables(store, config, estimate, progress=progress)
-    finally:
-        store.conn.execute(f"PRAGMA foreign_keys = {int(foreign_keys)}")
     counts: dict[str, int] = store.counts()
     return counts
 
 
 def _load_tables(
-    store: SqliteDirectory, config: SyntheticDirectoryConfig, estimate: int, *, progress: bool
+    store: SqlDirectory, config: SyntheticDirectoryConfig, estimate: int, *, progress: bool
 ) -> None:
     store.begin()
     try:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import postgres_server
 import pytest
-from stores import store_kind, store_target
+from stores import StoreTarget, store_kind, store_target
 
 __all__ = ["store_kind", "store_target"]  # fixtures for every test module
 
@@ -91,20 +92,44 @@ _DIRECTORY_TABLES = (
 
 
 @pytest.fixture
-def dump_directory() -> Callable[[Path], dict[str, list[tuple[Any, ...]]]]:
-    """dump(db) → every directory table's rows, in key order, to compare two databases."""
+def dump_directory() -> Callable[[Path | StoreTarget], dict[str, list[tuple[Any, ...]]]]:
+    """dump(db) → every directory table's rows, in key order, to compare two databases (a
+    SQLite file, or a StoreTarget of either kind)."""
 
-    def dump(db: Path) -> dict[str, list[tuple[Any, ...]]]:
-        conn = sqlite3.connect(db)
+    def dump(db: Path | StoreTarget) -> dict[str, list[tuple[Any, ...]]]:
+        conn = db.connect() if isinstance(db, StoreTarget) else sqlite3.connect(db)
         try:
             return {
-                table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+                table: [
+                    tuple(row)
+                    for row in conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+                ]
                 for table in _DIRECTORY_TABLES
             }
         finally:
             conn.close()
 
     return dump
+
+
+@pytest.fixture
+def another_store(
+    store_target: StoreTarget, tmp_path: Path
+) -> Iterator[Callable[[str], StoreTarget]]:
+    """another(name) → one more fresh, migrated, empty store of ``store_target``'s kind: the
+    SQLite file tmp_path/name.db (created when first opened), or a new PostgreSQL database
+    (dropped after the test)."""
+    with ExitStack() as databases:
+
+        def another(name: str) -> StoreTarget:
+            path = tmp_path / f"{name}.db"
+            if store_target.dsn is None:
+                return StoreTarget("sqlite", path)
+            template = postgres_server.migrated_template()
+            dsn = databases.enter_context(postgres_server.fresh_database(template=template))
+            return StoreTarget("postgresql", path, dsn)
+
+        yield another
 
 
 # -- the store's two databases (tests/stores.py, tests/postgres_server.py) ---------------------

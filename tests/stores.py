@@ -29,7 +29,7 @@ class StoreTarget:
     async def open(self, *, node: str = "test") -> SqlStore:
         if self.dsn is not None:
             return await PostgresStore.open(self.dsn, node=node)
-        return await SqliteStore.open(self.path)
+        return await SqliteStore.open(self.path, node=node)
 
     def connect(self) -> Db:
         """A plain connection beside the store, for a test to fill or look at tables."""

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import phonenumbers
+import psycopg
 import pytest
+from stores import StoreTarget
 
 from dispatcher.config import SyntheticDirectoryConfig
 from dispatcher.directory import ImportReport, import_directory, importer
@@ -23,15 +25,22 @@ from dispatcher.directory.report import MAX_STORED_ERRORS
 from dispatcher.directory.staging import STAGING_PREFIX, Staging
 from dispatcher.directory.validate import PhoneParser
 from dispatcher.domain import Role, roles_to_mask
-from dispatcher.store.sqlite import connect
-from dispatcher.store.sqlite_directory import SqliteDirectory
+from dispatcher.store.directory_base import SqlDirectory, open_directory
 from dispatcher.synthetic import write_csv
 
 Files = dict[str, list[str]]
 #: The ``write_directory`` fixture (tests/conftest.py).
 WriteDirectory = Callable[..., Path]
 #: The ``dump_directory`` fixture.
-Dump = Callable[[Path], dict[str, list[tuple[Any, ...]]]]
+Dump = Callable[[Path | StoreTarget], dict[str, list[tuple[Any, ...]]]]
+#: The ``another_store`` fixture.
+AnotherStore = Callable[[str], StoreTarget]
+
+
+@pytest.fixture
+def db(store_target: StoreTarget) -> StoreTarget:
+    """The store a test imports into: a SQLite file, or a PostgreSQL database."""
+    return store_target
 
 
 def _run(
@@ -39,14 +48,14 @@ def _run(
     write_directory: WriteDirectory,
     files: Files,
     *,
+    db: StoreTarget,
     skip_bad_rows: bool = False,
-    db: Path | None = None,
     folder: str = "csv",
-    chunk_rows: int = importer.APPLY_CHUNK_ROWS,
+    chunk_rows: int | None = None,
 ) -> ImportReport:
     write_directory(tmp_path / folder, files)
     return import_directory(
-        db or tmp_path / "tocsin.db",
+        db.location,
         tmp_path / folder,
         skip_bad_rows=skip_bad_rows,
         progress=False,
@@ -54,23 +63,22 @@ def _run(
     )
 
 
-def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db)
+def _rows(db: StoreTarget, sql: str) -> list[tuple[Any, ...]]:
+    conn = db.connect()
     try:
-        return conn.execute(sql).fetchall()
+        return [tuple(row) for row in conn.execute(sql).fetchall()]
     finally:
         conn.close()
 
 
-def _count(db: Path, table: str) -> int:
+def _count(db: StoreTarget, table: str) -> int:
     return int(_rows(db, f"SELECT count(*) FROM {table}")[0][0])
 
 
 def test_valid_directory_is_stored(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
-    report = _run(tmp_path, write_directory, canonical_directory)
-    db = tmp_path / "tocsin.db"
+    report = _run(tmp_path, write_directory, canonical_directory, db=db)
 
     assert report.ok, str(report)
     assert [(f.file, f.rows_read, f.imported, f.skipped, f.committed) for f in report.files] == [
@@ -115,10 +123,9 @@ def test_valid_directory_is_stored(
 
 
 def test_area_closure_holds_every_ancestor_pair_with_depth(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
-    _run(tmp_path, write_directory, {"areas.csv": canonical_directory["areas.csv"]})
-    db = tmp_path / "tocsin.db"
+    _run(tmp_path, write_directory, {"areas.csv": canonical_directory["areas.csv"]}, db=db)
 
     ancestors = _rows(
         db,
@@ -136,7 +143,7 @@ def test_area_closure_holds_every_ancestor_pair_with_depth(
 
 
 def test_bom_header_order_case_and_trailing_empty_columns_are_accepted(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
     files = dict(canonical_directory)
     files["grids.csv"] = [
@@ -144,17 +151,17 @@ def test_bom_header_order_case_and_trailing_empty_columns_are_accepted(
         "东村一组,G1,611002101201,,",
         "西村一组,G2,611002101202",
     ]
-    report = _run(tmp_path, write_directory, files)
+    report = _run(tmp_path, write_directory, files, db=db)
 
     assert report.ok, str(report)
-    assert _rows(tmp_path / "tocsin.db", "SELECT * FROM grids ORDER BY id") == [
+    assert _rows(db, "SELECT * FROM grids ORDER BY id") == [
         ("G1", "611002101201", "东村一组"),
         ("G2", "611002101202", "西村一组"),
     ]
 
 
 def test_lenient_spellings_are_normalised(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
     files = dict(canonical_directory)
     files["persons.csv"] = [
@@ -164,10 +171,10 @@ def test_lenient_spellings_are_normalised(
         "P2,李娜,+86 150 1234 5678,H2,611002101201,,是,TRUE,,",
         "P3,王芳,,H3,,,yes,0,,",
     ]
-    report = _run(tmp_path, write_directory, files)
+    report = _run(tmp_path, write_directory, files, db=db)
 
     assert report.ok, str(report)
-    assert _rows(tmp_path / "tocsin.db", "SELECT * FROM persons ORDER BY id") == [
+    assert _rows(db, "SELECT * FROM persons ORDER BY id") == [
         (
             "P1",
             "张伟",
@@ -368,6 +375,7 @@ BAD_ROWS = [
 
 @pytest.mark.parametrize(("file", "bad_row", "expected"), BAD_ROWS)
 def test_bad_row_is_reported_and_its_file_imports_nothing(
+    db: StoreTarget,
     tmp_path: Path,
     write_directory: WriteDirectory,
     canonical_directory: Files,
@@ -378,7 +386,7 @@ def test_bad_row_is_reported_and_its_file_imports_nothing(
     canonical_directory[file].append(bad_row)
     line = len(canonical_directory[file])
 
-    report = _run(tmp_path, write_directory, canonical_directory)
+    report = _run(tmp_path, write_directory, canonical_directory, db=db)
 
     result = report.file(file)
     assert [str(e) for e in result.errors] == [f"{file}:{line}: {expected}"]
@@ -389,7 +397,7 @@ def test_bad_row_is_reported_and_its_file_imports_nothing(
     assert result.skipped == result.rows_read
     assert not report.ok
     table = file.removesuffix(".csv")
-    assert _count(tmp_path / "tocsin.db", table) == 0
+    assert _count(db, table) == 0
     # Files before the bad one were imported.
     for earlier in report.files[: report.files.index(result)]:
         assert earlier.committed
@@ -397,13 +405,13 @@ def test_bad_row_is_reported_and_its_file_imports_nothing(
 
 
 def test_bad_row_with_skip_bad_rows_imports_the_good_rows(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
     persons = canonical_directory["persons.csv"]
     persons.insert(2, "P8,孙八,12345,H1,,,,,,")
     persons.append("P9,周九,13800138000,H99,,,,,,")
 
-    report = _run(tmp_path, write_directory, canonical_directory, skip_bad_rows=True)
+    report = _run(tmp_path, write_directory, canonical_directory, skip_bad_rows=True, db=db)
 
     result = report.file("persons.csv")
     assert [str(e) for e in result.errors] == [
@@ -413,19 +421,19 @@ def test_bad_row_with_skip_bad_rows_imports_the_good_rows(
     assert (result.rows_read, result.imported, result.skipped) == (6, 4, 2)
     assert result.committed
     assert not report.ok
-    ids = _rows(tmp_path / "tocsin.db", "SELECT id FROM persons ORDER BY id")
+    ids = _rows(db, "SELECT id FROM persons ORDER BY id")
     assert ids == [("P1",), ("P2",), ("P3",), ("P4",)]
-    assert _count(tmp_path / "tocsin.db", "grid_members") == 2
+    assert _count(db, "grid_members") == 2
 
 
 def test_every_bad_row_is_reported_and_later_rows_are_still_checked(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
     persons = canonical_directory["persons.csv"]
     persons[2] = "P2,李娜,12345,H2,611002101201,,1,1,voice,"
     persons.append("P4,赵强,,H1,,,,,,")  # a duplicate of line 5
 
-    report = _run(tmp_path, write_directory, canonical_directory)
+    report = _run(tmp_path, write_directory, canonical_directory, db=db)
 
     assert [str(e) for e in report.file("persons.csv").errors] == [
         "persons.csv:3: phones: '12345' is not a valid phone number",
@@ -434,7 +442,7 @@ def test_every_bad_row_is_reported_and_later_rows_are_still_checked(
 
 
 def test_line_numbers_count_physical_lines_of_quoted_fields(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
     canonical_directory["households.csv"] = [
         "id,grid_id,address",
@@ -450,7 +458,7 @@ def test_line_numbers_count_physical_lines_of_quoted_fields(
         "H4,G97,西村2号",  # line 11
     ]
 
-    report = _run(tmp_path, write_directory, canonical_directory)
+    report = _run(tmp_path, write_directory, canonical_directory, db=db)
 
     result = report.file("households.csv")
     assert [str(e) for e in result.errors] == [
@@ -462,26 +470,26 @@ def test_line_numbers_count_physical_lines_of_quoted_fields(
 
 
 def test_multiline_field_value_is_kept(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
     canonical_directory["households.csv"][1] = 'H1,G1,"东村1号\n二楼"'
 
-    report = _run(tmp_path, write_directory, canonical_directory, folder="csv")
+    report = _run(tmp_path, write_directory, canonical_directory, folder="csv", db=db)
 
     assert report.ok, str(report)
     # The writer joined lines with CRLF; inside a quoted field the line end is data.
-    rows = _rows(tmp_path / "tocsin.db", "SELECT address FROM households WHERE id = 'H1'")
+    rows = _rows(db, "SELECT address FROM households WHERE id = 'H1'")
     assert rows == [("东村1号\n二楼",)]
 
 
 def test_malformed_quoting_is_a_row_error_and_reading_goes_on(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
     households = canonical_directory["households.csv"]
     households.insert(2, 'H8,G1,"东村"8号')
     households.append("H9,G99,x")
 
-    report = _run(tmp_path, write_directory, canonical_directory, skip_bad_rows=True)
+    report = _run(tmp_path, write_directory, canonical_directory, skip_bad_rows=True, db=db)
 
     result = report.file("households.csv")
     assert [str(e) for e in result.errors] == [
@@ -492,13 +500,13 @@ def test_malformed_quoting_is_a_row_error_and_reading_goes_on(
 
 
 def test_wrong_header_is_one_error_naming_the_columns(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
     canonical_directory["persons.csv"][0] = (
         "id,name,phone,household_id,village_code,roles,vulnerable,lives_alone,preferred_channels"
     )
 
-    report = _run(tmp_path, write_directory, canonical_directory, skip_bad_rows=True)
+    report = _run(tmp_path, write_directory, canonical_directory, skip_bad_rows=True, db=db)
 
     result = report.file("persons.csv")
     assert [str(e) for e in result.errors] == [
@@ -508,18 +516,18 @@ def test_wrong_header_is_one_error_naming_the_columns(
     ]
     assert result.error_count == 1
     assert (result.rows_read, result.imported, result.committed) == (0, 0, False)
-    assert _count(tmp_path / "tocsin.db", "persons") == 0
+    assert _count(db, "persons") == 0
     # The other files are unaffected.
     assert report.file("devices.csv").imported == 3
 
 
 def test_missing_header_is_an_error(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
     canonical_directory["grids.csv"] = canonical_directory["grids.csv"][1:]
     canonical_directory["devices.csv"] = []
 
-    report = _run(tmp_path, write_directory, canonical_directory)
+    report = _run(tmp_path, write_directory, canonical_directory, db=db)
 
     assert [str(e) for e in report.file("grids.csv").errors] == [
         "grids.csv:1: wrong header: missing columns: id, village_code, name; unknown columns: "
@@ -532,13 +540,13 @@ def test_missing_header_is_an_error(
 
 
 def test_file_that_is_not_utf8_is_rejected_with_its_line(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
     folder = write_directory(tmp_path / "csv", canonical_directory)
     text = "id,grid_id,address\r\nH1,G1,x\r\nH2,G1,东村2号\r\nH3,G2,y\r\n"
     (folder / "households.csv").write_bytes(text.encode("gbk"))
 
-    report = import_directory(tmp_path / "tocsin.db", folder, skip_bad_rows=True, progress=False)
+    report = import_directory(db.location, folder, skip_bad_rows=True, progress=False)
 
     result = report.file("households.csv")
     assert [str(e) for e in result.errors] == [
@@ -547,15 +555,15 @@ def test_file_that_is_not_utf8_is_rejected_with_its_line(
     ]
     # Not even the rows before it: the whole file is suspect.
     assert (result.imported, result.committed) == (0, False)
-    assert _count(tmp_path / "tocsin.db", "households") == 0
+    assert _count(db, "households") == 0
 
 
 def test_a_failed_file_leaves_later_files_checked_against_the_store(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
     canonical_directory["grids.csv"].append("G9,611002101299,新组")
 
-    report = _run(tmp_path, write_directory, canonical_directory)
+    report = _run(tmp_path, write_directory, canonical_directory, db=db)
 
     assert not report.file("grids.csv").committed
     assert str(report.file("households.csv").errors[0]) == (
@@ -566,12 +574,12 @@ def test_a_failed_file_leaves_later_files_checked_against_the_store(
 
 
 def test_errors_kept_are_capped_but_all_are_counted(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
     bad = MAX_STORED_ERRORS + 205
     canonical_directory["persons.csv"] += [f"X{i},某人,12345,H1,,,,,," for i in range(bad)]
 
-    report = _run(tmp_path, write_directory, canonical_directory)
+    report = _run(tmp_path, write_directory, canonical_directory, db=db)
 
     result = report.file("persons.csv")
     assert result.error_count == bad
@@ -581,10 +589,9 @@ def test_errors_kept_are_capped_but_all_are_counted(
 
 
 def test_upsert_replaces_rows_and_their_memberships(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
-    db = tmp_path / "tocsin.db"
-    assert _run(tmp_path, write_directory, canonical_directory).ok
+    assert _run(tmp_path, write_directory, canonical_directory, db=db).ok
 
     second = {
         "areas.csv": ["code,name,level,parent_code", "611002101201,东村村,village,611002101000"],
@@ -598,12 +605,14 @@ def test_upsert_replaces_rows_and_their_memberships(
             "TX-1,transmitter,发射机,transmitters,TX-1,611002101000,611002101202",
         ],
     }
-    report = _run(tmp_path, write_directory, second, folder="second")
+    report = _run(tmp_path, write_directory, second, folder="second", db=db)
 
     assert report.ok, str(report)
     assert [f.found for f in report.files] == [True, False, False, True, True]
     assert _rows(db, "SELECT name FROM areas WHERE code = '611002101201'") == [("东村村",)]
-    assert _rows(db, "SELECT id, name, phone, other_phones, roles, vulnerable FROM persons") == [
+    assert _rows(
+        db, "SELECT id, name, phone, other_phones, roles, vulnerable FROM persons ORDER BY id"
+    ) == [
         ("P1", "张伟", "+8613700000000", "", Role.GRID_MEMBER.bit, 1),
         ("P2", "李娜", "+8615012345678", "", 0, 1),
         ("P3", "王芳芳", None, "", 0, 0),
@@ -617,13 +626,12 @@ def test_upsert_replaces_rows_and_their_memberships(
 
 
 def test_moving_a_grid_moves_its_households_and_people(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
-    db = tmp_path / "tocsin.db"
-    assert _run(tmp_path, write_directory, canonical_directory).ok
+    assert _run(tmp_path, write_directory, canonical_directory, db=db).ok
 
     moved = {"grids.csv": ["id,village_code,name", "G1,611002101202,西村二组"]}
-    assert _run(tmp_path, write_directory, moved, folder="moved").ok
+    assert _run(tmp_path, write_directory, moved, folder="moved", db=db).ok
 
     assert _rows(db, "SELECT id, village_code FROM households ORDER BY id") == [
         ("H1", "611002101202"),
@@ -639,10 +647,10 @@ def test_moving_a_grid_moves_its_households_and_people(
 
 
 def test_import_through_a_writer_leaves_its_connection_open(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
     folder = write_directory(tmp_path / "csv", canonical_directory)
-    with SqliteDirectory.open(tmp_path / "tocsin.db") as store:
+    with open_directory(db.location) as store:
         report = import_directory(store, folder, progress=False)
         assert report.ok
         assert store.counts() == {
@@ -655,13 +663,14 @@ def test_import_through_a_writer_leaves_its_connection_open(
 
 
 def test_no_progress_output_when_stderr_is_not_a_terminal(
+    db: StoreTarget,
     tmp_path: Path,
     write_directory: WriteDirectory,
     canonical_directory: Files,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     folder = write_directory(tmp_path / "csv", canonical_directory)
-    import_directory(tmp_path / "tocsin.db", folder, progress=True)
+    import_directory(db.location, folder, progress=True)
     assert capsys.readouterr().err == ""
 
 
@@ -670,6 +679,7 @@ def test_a_folder_without_directory_files_is_refused(tmp_path: Path) -> None:
         import_directory(tmp_path / "tocsin.db", tmp_path, progress=False)
     with pytest.raises(NotADirectoryError):
         import_directory(tmp_path / "tocsin.db", tmp_path / "nowhere", progress=False)
+    assert not (tmp_path / "tocsin.db").exists()
 
 
 def _reference_e164(raw: str) -> str | None:
@@ -724,10 +734,10 @@ def staged(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, int]]:
 
 def _fail_applying_after(monkeypatch: pytest.MonkeyPatch, table: str, transactions: int) -> None:
     """Make applying ``table`` fail right after its n-th transaction has committed."""
-    original = SqliteDirectory.apply_staged
+    original = SqlDirectory.apply_staged
 
     def failing(
-        self: SqliteDirectory,
+        self: SqlDirectory,
         staging: Path,
         name: str,
         *,
@@ -745,21 +755,22 @@ def _fail_applying_after(monkeypatch: pytest.MonkeyPatch, table: str, transactio
             on_transaction(rows, seconds)
             done += 1
             if done == transactions:
-                raise sqlite3.OperationalError("disk I/O error")
+                raise OSError("disk I/O error")
 
         return original(self, staging, name, chunk_rows=chunk_rows, on_transaction=counting)
 
-    monkeypatch.setattr(SqliteDirectory, "apply_staged", failing)
+    # Both stores' directories inherit apply_staged from SqlDirectory.
+    monkeypatch.setattr(SqlDirectory, "apply_staged", failing)
 
 
 def test_a_bad_last_row_leaves_the_store_exactly_as_it_was(
+    db: StoreTarget,
     tmp_path: Path,
     write_directory: WriteDirectory,
     canonical_directory: Files,
     dump_directory: Dump,
 ) -> None:
-    db = tmp_path / "tocsin.db"
-    assert _run(tmp_path, write_directory, canonical_directory).ok
+    assert _run(tmp_path, write_directory, canonical_directory, db=db).ok
     before = dump_directory(db)
     # Every file changes what is stored, in many chunks, and ends with one bad row.
     persons_header = canonical_directory["persons.csv"][0]
@@ -795,7 +806,7 @@ def test_a_bad_last_row_leaves_the_store_exactly_as_it_was(
         ],
     }
 
-    report = _run(tmp_path, write_directory, changed, folder="changed", chunk_rows=7)
+    report = _run(tmp_path, write_directory, changed, folder="changed", chunk_rows=7, db=db)
 
     for name, lines in changed.items():
         result = report.file(name)
@@ -810,6 +821,7 @@ def test_applying_in_small_chunks_gives_the_same_store(
     write_directory: WriteDirectory,
     canonical_directory: Files,
     dump_directory: Dump,
+    another_store: AnotherStore,
 ) -> None:
     second = {
         # A new town, a village moved under it, a village renamed.
@@ -834,8 +846,9 @@ def test_applying_in_small_chunks_gives_the_same_store(
         ],
     }
     dumps = []
-    for chunk_rows in (1, 2, importer.APPLY_CHUNK_ROWS):
-        db = tmp_path / f"chunks-{chunk_rows}.db"
+    stores = {}
+    for chunk_rows in (1, 2, None):  # None: the store's own
+        db = stores[chunk_rows] = another_store(f"chunks-{chunk_rows}")
         first = _run(tmp_path, write_directory, canonical_directory, db=db, chunk_rows=chunk_rows)
         report = _run(
             tmp_path, write_directory, second, db=db, folder="second", chunk_rows=chunk_rows
@@ -845,7 +858,7 @@ def test_applying_in_small_chunks_gives_the_same_store(
         dumps.append(dump_directory(db))
 
     assert dumps[0] == dumps[1] == dumps[2]
-    db = tmp_path / "chunks-1.db"
+    db = stores[1]
     assert _rows(
         db,
         "SELECT ancestor, depth FROM area_closure WHERE descendant = '611002101202' ORDER BY depth",
@@ -882,30 +895,33 @@ def test_applying_in_small_chunks_gives_the_same_store(
 
 
 def test_rows_are_applied_in_transactions_of_chunk_rows(
-    tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
+    db: StoreTarget, tmp_path: Path, write_directory: WriteDirectory, canonical_directory: Files
 ) -> None:
     canonical_directory["persons.csv"] += [f"X{i},某人,,H1,,,,,," for i in range(46)]
 
-    report = _run(tmp_path, write_directory, canonical_directory, chunk_rows=10)
+    report = _run(tmp_path, write_directory, canonical_directory, chunk_rows=10, db=db)
 
     persons = report.file("persons.csv")
     assert (persons.imported, persons.write_transactions) == (50, 5)
     assert 0 < persons.longest_write <= persons.write_seconds
     assert persons.write_seconds <= persons.apply_seconds <= persons.seconds
     assert report.longest_write >= persons.longest_write
-    assert _count(tmp_path / "tocsin.db", "persons") == 50
+    assert _count(db, "persons") == 50
 
 
 def test_staging_files_are_private_and_removed(
+    db: StoreTarget,
     tmp_path: Path,
     write_directory: WriteDirectory,
     canonical_directory: Files,
     staged: list[tuple[Path, int]],
 ) -> None:
-    # One per file, beside the database by default.
-    assert _run(tmp_path, write_directory, canonical_directory).ok
+    # One per file, beside a SQLite database by default; in the system's temporary folder
+    # for PostgreSQL.
+    assert _run(tmp_path, write_directory, canonical_directory, db=db).ok
     assert len(staged) == 5
-    assert {path.parent for path, _ in staged} == {tmp_path}
+    beside = tmp_path if db.kind == "sqlite" else Path(tempfile.gettempdir())
+    assert {path.parent for path, _ in staged} == {beside}
     assert {mode for _, mode in staged} == {0o600}
     assert not any(path.exists() for path, _ in staged)
     assert list(tmp_path.glob(f"{STAGING_PREFIX}*")) == []
@@ -916,36 +932,35 @@ def test_staging_files_are_private_and_removed(
     folder.mkdir()
     canonical_directory["persons.csv"].append("P9,钱七,12345,H1,,,,,,")
     write_directory(tmp_path / "bad", canonical_directory)
-    report = import_directory(
-        tmp_path / "tocsin.db", tmp_path / "bad", progress=False, staging_dir=folder
-    )
+    report = import_directory(db.location, tmp_path / "bad", progress=False, staging_dir=folder)
     assert not report.file("persons.csv").committed
     assert {path.parent for path, _ in staged} == {folder}
     assert list(folder.iterdir()) == []
 
     # The system's temporary folder for an import through a writer.
     staged.clear()
-    with SqliteDirectory.open(tmp_path / "tocsin.db") as store:
+    with open_directory(db.location) as store:
         assert import_directory(store, tmp_path / "csv", progress=False).ok
     assert {path.parent for path, _ in staged} == {Path(tempfile.gettempdir())}
     assert not any(path.exists() for path, _ in staged)
 
 
 def test_an_apply_that_stops_half_way_is_completed_by_importing_again(
+    db: StoreTarget,
     tmp_path: Path,
     write_directory: WriteDirectory,
     canonical_directory: Files,
     dump_directory: Dump,
     staged: list[tuple[Path, int]],
     monkeypatch: pytest.MonkeyPatch,
+    another_store: AnotherStore,
 ) -> None:
     canonical_directory["persons.csv"] += [f"X{i},某人,,H1,,grid_member,,,,G1" for i in range(46)]
     folder = write_directory(tmp_path / "csv", canonical_directory)
-    db = tmp_path / "tocsin.db"
     _fail_applying_after(monkeypatch, "persons", transactions=2)
 
-    with pytest.raises(sqlite3.OperationalError, match="disk I/O error") as raised:
-        import_directory(db, folder, progress=False, chunk_rows=10)
+    with pytest.raises(OSError, match="disk I/O error") as raised:
+        import_directory(db.location, folder, progress=False, chunk_rows=10)
 
     assert raised.value.__notes__ == [
         "persons.csv: applying the file to the store stopped after 20 of its 50 rows: import "
@@ -956,9 +971,10 @@ def test_an_apply_that_stops_half_way_is_completed_by_importing_again(
     assert not any(path.exists() for path, _ in staged)
 
     monkeypatch.undo()
-    assert import_directory(db, folder, progress=False, chunk_rows=10).ok
-    assert import_directory(tmp_path / "clean.db", folder, progress=False).ok
-    assert dump_directory(db) == dump_directory(tmp_path / "clean.db")
+    assert import_directory(db.location, folder, progress=False, chunk_rows=10).ok
+    clean = another_store("clean")
+    assert import_directory(clean.location, folder, progress=False).ok
+    assert dump_directory(db) == dump_directory(clean)
 
 
 #: About 100,000 persons: validating them takes seconds (longer than the writer's busy
@@ -977,19 +993,19 @@ _WRITER_BUSY_TIMEOUT_MS = 2000
 
 
 def test_the_daemon_keeps_writing_while_a_large_directory_is_imported(
+    db: StoreTarget,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     record_property: Callable[[str, object], None],
 ) -> None:
     counts = write_csv(_BUSY_CITY, tmp_path / "csv")
-    db = tmp_path / "tocsin.db"
-    SqliteDirectory.open(db).close()
+    open_directory(db.location).close()
     # When each file's rows were being applied.
     applying: dict[str, tuple[float, float]] = {}
-    original = SqliteDirectory.apply_staged
+    original = SqlDirectory.apply_staged
 
     def timed(
-        self: SqliteDirectory,
+        self: SqlDirectory,
         staging: Path,
         table: str,
         *,
@@ -1004,19 +1020,24 @@ def test_the_daemon_keeps_writing_while_a_large_directory_is_imported(
         finally:
             applying[table] = (started, time.monotonic())
 
-    monkeypatch.setattr(SqliteDirectory, "apply_staged", timed)
+    monkeypatch.setattr(SqlDirectory, "apply_staged", timed)
     outcome: dict[str, Any] = {}
 
     def run_import() -> None:
         try:
-            outcome["report"] = import_directory(db, tmp_path / "csv", progress=False)
+            outcome["report"] = import_directory(db.location, tmp_path / "csv", progress=False)
         except BaseException as exc:
             outcome["error"] = exc
 
     # A writer configured like the daemon's, but giving up after 2 s instead of 30 s: a duty
-    # officer posting a warning every 50 ms, each in a transaction of its own.
-    conn = connect(db)
-    conn.execute(f"PRAGMA busy_timeout = {_WRITER_BUSY_TIMEOUT_MS}")
+    # officer posting a warning every 50 ms, each in a transaction of its own. On PostgreSQL
+    # it stands for another node: BEGIN IMMEDIATE takes the writer lock the import's chunks
+    # hold.
+    conn = db.connect()
+    if db.kind == "sqlite":
+        conn.execute(f"PRAGMA busy_timeout = {_WRITER_BUSY_TIMEOUT_MS}")
+    else:
+        conn.execute(f"SET lock_timeout = {_WRITER_BUSY_TIMEOUT_MS}")
     writes: list[tuple[float, float]] = []  # (when it committed, how long it took)
     failures: list[str] = []
     thread = threading.Thread(target=run_import, name="import")
@@ -1034,7 +1055,7 @@ def test_the_daemon_keeps_writing_while_a_large_directory_is_imported(
                 )
                 conn.execute("COMMIT")
                 writes.append((time.monotonic(), time.monotonic() - started))
-            except sqlite3.OperationalError as exc:
+            except (sqlite3.OperationalError, psycopg.errors.LockNotAvailable) as exc:
                 failures.append(f"after {time.monotonic() - started:.2f} s: {exc}")
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -1062,7 +1083,10 @@ def test_the_daemon_keeps_writing_while_a_large_directory_is_imported(
     assert _count(db, "audit_log") == len(writes)
     # ... including while the persons were being applied, in many short transactions.
     persons = report.file("persons.csv")
-    assert persons.write_transactions >= counts["persons.csv"] // importer.APPLY_CHUNK_ROWS
+    with open_directory(db.location) as directory:
+        chunk_rows = directory.apply_chunk_rows
+    assert chunk_rows == (importer.APPLY_CHUNK_ROWS if db.kind == "sqlite" else 1000)
+    assert persons.write_transactions >= counts["persons.csv"] // chunk_rows
     assert persons.longest_write < 1.0
     start, end = applying["persons"]
     assert sum(start < at < end for at, _ in writes) >= 2

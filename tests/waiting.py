@@ -10,7 +10,11 @@ from typing import Any
 
 
 async def wait_until(
-    predicate: Callable[[], Any], *, within: float = 10.0, what: str = "condition"
+    predicate: Callable[[], Any],
+    *,
+    within: float = 10.0,
+    what: str = "condition",
+    interval: float = 0.02,
 ) -> None:
     deadline = time.monotonic() + within
     while True:
@@ -21,4 +25,4 @@ async def wait_until(
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(interval)

@@ -44,17 +44,19 @@ def export_directory(
     progress: bool = True,
 ) -> ExportReport:
     """Write areas.csv, grids.csv, households.csv, persons.csv and devices.csv into ``out_dir``
-    (created if needed) from a SQLite file or a :class:`DirectoryReader`, all from one
-    consistent snapshot. ``bom`` starts each file with a UTF-8 BOM so Excel reads it right."""
+    (created if needed) from a store — a SQLite file (a path) or a PostgreSQL database (a DSN
+    string, see :func:`dispatcher.store.directory_base.is_postgres_dsn`) — or a
+    :class:`DirectoryReader`, all from one consistent snapshot. ``bom`` starts each file with a
+    UTF-8 BOM so Excel reads it right."""
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(source, str | os.PathLike):
-        if not Path(source).is_file():
-            raise FileNotFoundError(f"{source}: no such database")
-        # Imported here: the SQLite store module itself imports this package's records.
-        from dispatcher.store.sqlite_directory import SqliteDirectory
+        # Imported here: the store modules themselves import this package's records.
+        from dispatcher.store.directory_base import is_postgres_dsn, open_directory
 
-        with SqliteDirectory.open(source) as store:
+        if not is_postgres_dsn(source) and not Path(source).is_file():
+            raise FileNotFoundError(f"{source}: no such database")
+        with open_directory(source) as store:
             return _export(store, folder, bom=bom, progress=progress)
     return _export(source, folder, bom=bom, progress=progress)
 

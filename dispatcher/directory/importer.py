@@ -72,9 +72,10 @@ from dispatcher.domain import AreaLevel
 
 #: Rows per batch: one round of reference lookups and one executemany per batch.
 BATCH_ROWS = 2000
-#: Staged rows per write transaction when a file is applied to the store. About 20 ms of
+#: Staged rows per write transaction when a file is applied to a SQLite store. About 20 ms of
 #: holding the write lock per chunk for persons on the reference machine (see
-#: bench/import_city.py, which reports the longest); the daemon's writes go in between.
+#: bench/import_city.py, which reports the longest); the daemon's writes go in between. Each
+#: store says its own (``DirectoryWriter.apply_chunk_rows``): 1,000 on PostgreSQL.
 APPLY_CHUNK_ROWS = 5000
 
 
@@ -84,12 +85,15 @@ def import_directory(
     *,
     skip_bad_rows: bool = False,
     progress: bool = True,
-    chunk_rows: int = APPLY_CHUNK_ROWS,
+    chunk_rows: int | None = None,
     staging_dir: str | os.PathLike[str] | None = None,
 ) -> ImportReport:
     """Import whichever of areas.csv, grids.csv, households.csv, persons.csv and devices.csv are
-    in ``csv_dir``, in that order, into a SQLite file (created and migrated if needed) or
-    through a :class:`DirectoryWriter`.
+    in ``csv_dir``, in that order, into a store or through a :class:`DirectoryWriter`.
+
+    A store is a SQLite file (a path; created and migrated if needed) or a PostgreSQL database
+    (a DSN string, ``postgresql://…`` or ``host=… dbname=…``: see
+    :func:`dispatcher.store.directory_base.is_postgres_dsn`; migrated if needed).
 
     Rows are upserted by id. With ``skip_bad_rows`` the good rows of a file are imported and
     the bad ones reported; without it a file with any bad row imports nothing. A wrong header or
@@ -97,11 +101,12 @@ def import_directory(
     terminal and ``progress`` is true.
 
     Each file's good rows are staged in a temporary file in ``staging_dir`` (by default the
-    target database's folder, or the system's temporary folder for a writer), deleted when the
-    file is done, and applied ``chunk_rows`` rows per write transaction. Should applying fail
-    half-way (the exception is raised, with a note), run the same import again.
+    SQLite database's folder, or the system's temporary folder for PostgreSQL and for a
+    writer), deleted when the file is done, and applied ``chunk_rows`` rows per write
+    transaction (by default the store's ``apply_chunk_rows``). Should applying fail half-way
+    (the exception is raised, with a note), run the same import again.
     """
-    if chunk_rows < 1:
+    if chunk_rows is not None and chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
     folder = Path(csv_dir)
     if not folder.is_dir():
@@ -116,13 +121,14 @@ def import_directory(
         staging_dir=Path(staging_dir) if staging_dir is not None else None,
     )
     if isinstance(target, str | os.PathLike):
-        # Imported here: the SQLite store module itself imports this package's records.
-        from dispatcher.store.sqlite_directory import SqliteDirectory
+        # Imported here: the store modules themselves import this package's records.
+        from dispatcher.store.directory_base import is_postgres_dsn, open_directory
 
-        if options.staging_dir is None and str(target) != ":memory:":
+        in_file = not is_postgres_dsn(target) and str(target) != ":memory:"
+        if options.staging_dir is None and in_file:
             # Beside the database: a disk sized for the directory, not a RAM-backed /tmp.
             options.staging_dir = Path(target).absolute().parent
-        with SqliteDirectory.open(target) as store:
+        with open_directory(target) as store:
             return _import_files(store, folder, options)
     return _import_files(target, folder, options)
 
@@ -131,7 +137,8 @@ def import_directory(
 class _Options:
     skip_bad_rows: bool
     show_progress: bool
-    chunk_rows: int
+    #: None: the store's ``apply_chunk_rows``.
+    chunk_rows: int | None
     #: None: the system's temporary folder.
     staging_dir: Path | None
 
@@ -492,15 +499,15 @@ class _FileRun:
         def derived(rows: int, seconds: float) -> None:
             self.report.add_write(seconds)
 
-        options = self._options
+        chunk_rows = self._options.chunk_rows or self._writer.apply_chunk_rows
         try:
             self._writer.apply_staged(
                 staging,
                 self._kind.spec.name.removesuffix(".csv"),
-                chunk_rows=options.chunk_rows,
+                chunk_rows=chunk_rows,
                 on_transaction=rows_applied,
             )
-            self._kind.derive(staging, chunk_rows=options.chunk_rows, on_transaction=derived)
+            self._kind.derive(staging, chunk_rows=chunk_rows, on_transaction=derived)
         except Exception as exc:
             where = (
                 "after all its rows, while updating the rows derived from them"

@@ -1,7 +1,9 @@
 """What the importer and exporter need from a store, so each store dialect can provide it.
 
-The SQLite implementation is :class:`dispatcher.store.sqlite_directory.SqliteDirectory`; a
-PostgreSQL one only has to satisfy these two small protocols. They are synchronous: the CLI calls
+Both stores implement them with one SQL code base,
+:class:`dispatcher.store.directory_base.SqlDirectory`: ``SqliteDirectory``
+(:mod:`dispatcher.store.sqlite_directory`) and ``PgDirectory``
+(:mod:`dispatcher.store.pg_directory`). They are synchronous: the CLI calls
 the importer directly and the daemon runs it in a worker thread.
 
 The importer never writes the store while it validates: it stages the good rows in a private
@@ -43,6 +45,10 @@ class DirectoryWriter(Protocol):
     apply that stops half-way is completed by importing the same file again (every write is an
     upsert). Within one staging file each id occurs once; the importer guarantees it.
     """
+
+    #: Staged rows per write transaction when the importer's caller does not say: what keeps
+    #: this store's write lock held for some tens of milliseconds per chunk.
+    apply_chunk_rows: int
 
     # -- what reference checks need to know about the stored directory ----------------------
     def iter_areas(self) -> Iterator[AreaRecord]:
