@@ -83,6 +83,12 @@ class StoreConnections(ABC):
     async def _read(self, fn: Callable[[Db], T]) -> T:
         """Run ``fn`` on a reader connection beside the writer."""
 
+    async def _write_aside(self, fn: Callable[[Db], T]) -> T:
+        """A small write that must not queue behind bulk work (a node's heartbeat): one
+        autocommit statement needing no writer lock. Where the database has one writer
+        (SQLite), it is the urgent lane of that writer."""
+        return await self._write(fn, urgent=True)
+
     @abstractmethod
     async def close(self) -> None:
         """Finish queued work and close every connection."""

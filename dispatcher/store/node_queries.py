@@ -86,9 +86,10 @@ class NodeQueries(StoreConnections):
                 (now, int(leader), now, name),
             )
 
-        # Urgent: a node busy with a fan-out must not look gone because its heartbeat waits
-        # behind the bulk writes queued on its writer.
-        await self._write(run, urgent=True)
+        # Beside the writer: a node busy with a fan-out must not look gone because its
+        # heartbeat waits behind the bulk writes queued on its writer (and, on PostgreSQL,
+        # behind other nodes' writes for the writer lock, which this statement does not need).
+        await self._write_aside(run)
 
     async def node_stopped(self, name: str, *, now: float) -> None:
         def run(conn: Db) -> None:

@@ -53,8 +53,11 @@ class PgConnections(StoreConnections):
         self.node = node
         self._writer_pool = writer
         self._reader_pool = reader
+        # Small writes beside the writer (heartbeats): their own thread and connection.
+        self._aside_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tocsin-pg-aside")
         self._wconn: PgConnection | None = None
         self._rconn: PgConnection | None = None
+        self._aconn: PgConnection | None = None
         self._closed = False
         self._lock = threading.Lock()
 
@@ -91,6 +94,13 @@ class PgConnections(StoreConnections):
                 ) from exc
             self._rconn = conn
         return self._rconn
+
+    def _aside_conn(self) -> PgConnection:
+        if self._closed:
+            raise RuntimeError("store is closed")
+        if self._aconn is None or self._aconn.broken:
+            self._aconn = self._connect("aside")
+        return self._aconn
 
     def _run(self, conn_of: Callable[[], PgConnection], fn: Callable[[PgConnection], T]) -> T:
         for attempt in range(1, _RERUNS + 1):
@@ -143,6 +153,11 @@ class PgConnections(StoreConnections):
 
         return await self._on_writer(run, urgent=urgent)
 
+    async def _write_aside(self, fn: Callable[[Db], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._aside_pool, self._run, self._aside_conn, fn
+        )
+
     async def _read(self, fn: Callable[[Db], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(
             self._reader_pool, self._run, self._reader_conn, fn
@@ -163,10 +178,17 @@ class PgConnections(StoreConnections):
                 self._rconn.close()
                 self._rconn = None
 
+        def close_aside() -> None:
+            if self._aconn is not None:
+                self._aconn.close()
+                self._aconn = None
+
         await loop.run_in_executor(self._writer_pool, close_writer)
         await loop.run_in_executor(self._reader_pool, close_reader)
+        await loop.run_in_executor(self._aside_pool, close_aside)
         self._writer_pool.shutdown(wait=True)
         self._reader_pool.shutdown(wait=True)
+        self._aside_pool.shutdown(wait=True)
 
 
 def _first_line(exc: BaseException) -> str:
