@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from dispatcher.adapter import Report
 from dispatcher.engine.backoff import Backoff
 from dispatcher.engine.types import Ack, AckOutcome, AckResult, AdapterAck, LevelRules
-from dispatcher.store.engine_ops import RetryDelay, EngineOps
+from dispatcher.store.connections import StoreUnavailable
+from dispatcher.store.engine_ops import EngineOps, RetryDelay
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +28,10 @@ log = structlog.get_logger(__name__)
 #: (its send's outcome, which records the reference, may not be recorded yet), and how often.
 REFERENCE_GRACE = 30.0
 REFERENCE_RETRY = 1.0
+
+#: The store cannot take a batch now (SQLite locked or out of disk, PostgreSQL unreachable):
+#: the batch is kept and tried again, never dropped.
+_STORE_BUSY = (sqlite3.OperationalError, StoreUnavailable)
 
 
 @dataclass(slots=True)
@@ -134,9 +139,9 @@ class AckIntake:
             except asyncio.CancelledError:
                 self._queue.extendleft(reversed(batch))
                 raise
-            except sqlite3.OperationalError:
-                # The store is busy or failing (locked, disk full): put them back in order and
-                # try again later — never lose an acknowledgement.
+            except _STORE_BUSY:
+                # The store is busy or failing (locked, disk full, unreachable): put them
+                # back in order and try again later — never lose an acknowledgement.
                 self._queue.extendleft(reversed(batch))
                 failures += 1
                 log.exception("recording reports failed; retrying", batch=len(batch))
@@ -164,7 +169,7 @@ class AckIntake:
         while True:
             try:
                 return (await self._apply([queued]))[0]
-            except sqlite3.OperationalError:
+            except _STORE_BUSY:
                 log.exception("recording a report failed; retrying")
                 await asyncio.sleep(1.0)
             except Exception as exc:

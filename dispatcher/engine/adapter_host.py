@@ -37,22 +37,29 @@ RECONNECT_POLL = 2.0
 
 
 class _Context:
-    """What the adapter sees of the daemon: its name, a way to report, and a way to tell its
-    devices' state."""
+    """What the adapter sees of the daemon: its name and this node's, a way to report, and a
+    way to tell its devices' state."""
 
     def __init__(
         self,
         name: str,
         sink: Callable[[str, Report], None],
         status_sink: Callable[[str, DeviceStatus], None] | None = None,
+        *,
+        node_name: str = "tocsin",
     ) -> None:
         self._name = name
+        self._node_name = node_name
         self._sink = sink
         self._status_sink = status_sink
 
     @property
     def adapter_name(self) -> str:
         return self._name
+
+    @property
+    def node_name(self) -> str:
+        return self._node_name
 
     def report(self, report: Report) -> None:
         self._sink(self._name, report)
@@ -70,6 +77,7 @@ class AdapterHost:
         *,
         start_backoff: Backoff | None = None,
         status_sink: Callable[[str, DeviceStatus], None] | None = None,
+        node_name: str = "tocsin",
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -81,7 +89,7 @@ class AdapterHost:
         )
         self.in_flight = 0
         self.max_in_flight = spec.config.concurrency
-        self._context = _Context(spec.name, report_sink, status_sink)
+        self._context = _Context(spec.name, report_sink, status_sink, node_name=node_name)
         self._start_backoff = start_backoff or Backoff(base=1.0, cap=60.0)
         self._ready = False
         self.start_failures = 0

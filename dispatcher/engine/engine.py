@@ -43,6 +43,7 @@ from dispatcher.engine.message_text import render_text
 from dispatcher.engine.types import ClaimedDelivery, LevelRules, Transition, VillageFallback
 from dispatcher.planner import DEVICE_PRIORITY
 from dispatcher.policy import AudienceSelector, LevelPolicy, Policy
+from dispatcher.store.connections import StoreUnavailable
 from dispatcher.store.engine_ops import VISIT_PRIORITY, EngineOps
 
 log = structlog.get_logger(__name__)
@@ -59,6 +60,9 @@ SWEEP_INTERVAL = 0.5
 DEVICE_CHANNELS = frozenset({Channel.SPEAKER.value, Channel.TRANSMITTER.value, Channel.MODEM.value})
 #: Warnings whose texts are kept in memory for rendering messages.
 _CONTENT_CACHE = 256
+#: Between tries to record a batch's outcomes while the store cannot be reached.
+_RECORD_RETRY_MIN = 0.5
+_RECORD_RETRY_MAX = 5.0
 #: How long a channel with no usable adapter waits before falling over its next batch.
 FALLOVER_INTERVAL = 1.0
 
@@ -127,7 +131,9 @@ class Engine:
             store if isinstance(store, DeviceStatusStore) else None, registry=registry
         )
         self.hosts = [
-            AdapterHost(spec, self.intake.report, status_sink=self.devices.record)
+            AdapterHost(
+                spec, self.intake.report, status_sink=self.devices.record, node_name=store.node
+            )
             for spec in adapters
         ]
         self._routes: dict[str, list[AdapterHost]] = {c.value: [] for c in Channel}
@@ -173,7 +179,7 @@ class Engine:
             event.set()
 
     async def start(self) -> None:
-        reclaimed = await self._store.reclaim_all_leases(now=self._clock())
+        reclaimed = await self._store.reclaim_own_leases(now=self._clock())
         if reclaimed:
             log.warning("deliveries in flight at the last stop are due again", count=reclaimed)
         self.intake.start()
@@ -232,6 +238,9 @@ class Engine:
                 waited = await self._channel_step(channel, hosts)
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable as exc:
+                log.warning("engine step waits for the store", channel=channel, error=str(exc))
+                waited = 1.0
             except Exception:
                 log.exception("engine step failed", channel=channel)
                 waited = 1.0
@@ -419,19 +428,43 @@ class Engine:
     ) -> None:
         if not transitions:
             return
-        try:
-            result = await self._store.record_transitions(
-                transitions,
-                now=self._clock(),
-                levels=self.levels(),
-                visit_delay=self._config.visit_delay,
-                addresses=addresses,
-                urgent=urgent,
-            )
-        except Exception:
-            # The deliveries stay leased; the sweep makes them due again when the lease ends.
-            log.exception("recording outcomes failed", batch=len(transitions))
-            return
+        # The database may be away for a moment (a restart, a failover): these sends went out,
+        # so keep their outcomes and try again — within half the lease, after which the sweep
+        # would make the deliveries due again and they would be sent twice anyway.
+        give_up_at = time.monotonic() + self._config.lease / 2
+        pause = _RECORD_RETRY_MIN
+        while True:
+            try:
+                result = await self._store.record_transitions(
+                    transitions,
+                    now=self._clock(),
+                    levels=self.levels(),
+                    visit_delay=self._config.visit_delay,
+                    addresses=addresses,
+                    urgent=urgent,
+                )
+                break
+            except StoreUnavailable as exc:
+                if time.monotonic() + pause > give_up_at:
+                    log.error(
+                        "recording outcomes failed: the store stayed unreachable",
+                        batch=len(transitions),
+                        error=str(exc),
+                    )
+                    return
+                log.warning(
+                    "recording outcomes waits for the store",
+                    batch=len(transitions),
+                    error=str(exc),
+                    retry_in=pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _RECORD_RETRY_MAX)
+            except Exception:
+                # The deliveries stay leased; the sweep makes them due again when the lease
+                # ends.
+                log.exception("recording outcomes failed", batch=len(transitions))
+                return
         if (
             result.escalated
             or result.visits_created
@@ -460,6 +493,8 @@ class Engine:
                 )
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable as exc:
+                log.warning("sweep waits for the store", error=str(exc))
             except Exception:
                 log.exception("sweep failed")
             else:

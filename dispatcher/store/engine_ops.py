@@ -1,4 +1,4 @@
-"""The engine's side of the SQLite store: claiming due deliveries under a lease, recording
+"""The engine's side of the store: claiming due deliveries under a lease, recording
 outcomes, acknowledgements and the coverage they add, escalation, and the timer sweep.
 
 Every method is one write transaction on the writer thread, working on a batch. Timers are rows:
@@ -250,8 +250,8 @@ class _Batch:
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 self.events,
             )
-        for seq, deltas in self.state_deltas.items():
-            bump_state_counts(self.conn, seq, deltas)
+        for seq in sorted(self.state_deltas):  # in one order, as claims do
+            bump_state_counts(self.conn, seq, self.state_deltas[seq])
         for seq, ids in self.added.items():
             # A warning's deliveries are found through its rowid ranges (a Cancel or an
             # Update stops them that way): one range per run of consecutive ids.
@@ -288,7 +288,7 @@ def _row(values: Sequence[Any]) -> _Row:
 
 
 class EngineOps(StoreConnections):
-    """Mixed into :class:`dispatcher.store.sqlite.SqliteStore`."""
+    """Mixed into both stores (:class:`dispatcher.store.sql_store.SqlStore`)."""
 
     #: How many warnings' covered villages are kept between acknowledgement batches.
     _COVERED_KEPT = 64
@@ -315,6 +315,8 @@ class EngineOps(StoreConnections):
         what sending them needs (address, warning, visit households). ``urgent`` claims
         (devices) go before queued bulk writes."""
 
+        node = self.node
+
         def run(conn: Db) -> list[ClaimedDelivery]:
             rows: list[_Row] = []
             for priority in priorities:
@@ -325,7 +327,7 @@ class EngineOps(StoreConnections):
                     for r in conn.execute(
                         f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE channel = ? "
                         "AND priority = ? AND state IN ('pending','retry_wait') "
-                        "AND due_at <= ? ORDER BY due_at LIMIT ?",
+                        f"AND due_at <= ? ORDER BY due_at LIMIT ?{self._skip_locked}",
                         (channel, priority, now, limit - len(rows)),
                     )
                 )
@@ -333,8 +335,9 @@ class EngineOps(StoreConnections):
                 return []
             _update_ids(
                 conn,
-                "state = 'sending', attempts = attempts + 1, due_at = ?, updated_at = ?",
-                (now + lease, now),
+                "state = 'sending', attempts = attempts + 1, due_at = ?, updated_at = ?, "
+                "leased_by = ?",
+                (now + lease, now, node),
                 [r.id for r in rows],
             )
             deltas: dict[int, dict[str, int]] = {}
@@ -342,26 +345,34 @@ class EngineOps(StoreConnections):
                 d = deltas.setdefault(r.warning_seq, {})
                 d[r.state] = d.get(r.state, 0) - 1
                 d["sending"] = d.get("sending", 0) + 1
-            for seq, delta in deltas.items():
-                bump_state_counts(conn, seq, delta)
+            # Claims on several nodes run side by side and update the same counter rows: in
+            # one order (warning, then state) they wait for each other but never deadlock.
+            for seq in sorted(deltas):
+                bump_state_counts(conn, seq, deltas[seq])
             return _resolve(conn, rows)
 
-        return await self._write_tx(run, urgent=urgent)
+        # Not exclusive: on PostgreSQL claims of several nodes run beside each other, each
+        # taking only rows no other claim holds (FOR UPDATE SKIP LOCKED).
+        return await self._write_tx(run, urgent=urgent, exclusive=False)
 
-    async def reclaim_all_leases(self, *, now: float) -> int:
-        """At start of the only engine on this store: every delivery still leased was being
-        sent by a process that is gone; make it due again now (it may have been sent: at
-        least once)."""
+    async def reclaim_own_leases(self, *, now: float) -> int:
+        """At a node's start: every delivery still leased by this node (or leased before
+        leases named their node) was being sent by this node's previous run, which is gone;
+        make it due again now (it may have been sent: at least once). Other nodes' leases are
+        theirs: a lease of a node that is gone ends through the sweep when it expires."""
+        node = self.node
 
         def run(conn: Db) -> int:
             rows = [
                 _row(r)
                 for r in conn.execute(
-                    # The in-flight index's condition, then the leased ones among them.
-                    f"SELECT {_ROW_COLUMNS} FROM deliveries "
-                    "WHERE state IN ('sending','sent','delivered') AND state = 'sending'"
+                    # Through deliveries_leased (the sending ones only).
+                    f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE state = 'sending' "
+                    "AND (leased_by = ? OR leased_by IS NULL)",
+                    (node,),
                 )
             ]
+            rows.sort(key=lambda r: r.id)
             batch = _Batch(conn, now, {}, 0.0)
             _reclaim(batch, rows, "the daemon stopped during the send")
             batch.flush()
@@ -597,7 +608,8 @@ def _resolve(conn: Db, rows: Sequence[_Row]) -> list[ClaimedDelivery]:
 
 def _reclaim(batch: _Batch, rows: Sequence[_Row], why: str) -> None:
     batch.conn.executemany(
-        "UPDATE deliveries SET state = 'retry_wait', due_at = ?, updated_at = ? WHERE id = ?",
+        "UPDATE deliveries SET state = 'retry_wait', due_at = ?, updated_at = ?, "
+        "leased_by = NULL WHERE id = ?",
         [(batch.now, batch.now, r.id) for r in rows],
     )
     for r in rows:
@@ -641,7 +653,8 @@ def _fall_over(
             ).fetchone()
         if held is None and resume_at is None:
             conn.execute(
-                "UPDATE deliveries SET state = 'failed', due_at = ?, updated_at = ? WHERE id = ?",
+                "UPDATE deliveries SET state = 'failed', due_at = ?, updated_at = ?, "
+                "leased_by = NULL WHERE id = ?",
                 (batch.now, batch.now, c.id),
             )
             batch.move(c.warning_seq, "sending", "failed")
@@ -671,7 +684,7 @@ def _fall_over(
         if held is None:
             conn.execute(
                 "UPDATE deliveries SET state = 'retry_wait', due_at = ?, attempts = ?, "
-                "updated_at = ? WHERE id = ? AND state = 'sending'",
+                "updated_at = ?, leased_by = NULL WHERE id = ? AND state = 'sending'",
                 (resume_at, c.attempt - 1, batch.now, c.id),
             )
             batch.move(c.warning_seq, "sending", "retry_wait")
@@ -691,8 +704,8 @@ def _fall_over(
             continue
         step = _row(held)
         conn.execute(
-            "UPDATE deliveries SET state = 'failed', due_at = ?, updated_at = ? "
-            "WHERE id = ? AND state = 'sending'",
+            "UPDATE deliveries SET state = 'failed', due_at = ?, updated_at = ?, "
+            "leased_by = NULL WHERE id = ? AND state = 'sending'",
             (batch.now, batch.now, c.id),
         )
         conn.execute(
@@ -775,6 +788,15 @@ def _record(
             stale += 1
             _log_outcome_only(batch, row, t, detail, f"delivery already {row.state}")
             continue
+        if row.attempts != t.attempt + int(t.uncount_attempt):
+            # This lease ran out (the send outlasted it, or the store was away) and the
+            # delivery was claimed again, here or on another node: that attempt's outcome
+            # decides; this one is logged.
+            stale += 1
+            _log_outcome_only(
+                batch, row, t, detail, f"lease taken over: attempt {row.attempts} is sending"
+            )
+            continue
         key = (t.state.value, t.due_at if t.due_at is not None else now, -int(t.uncount_attempt))
         updates.setdefault(key, []).append(row.id)
         recorded += 1
@@ -802,7 +824,7 @@ def _record(
     for (state, due_at, attempts_delta), ids in updates.items():
         _update_ids(
             conn,
-            "state = ?, due_at = ?, attempts = attempts + ?, updated_at = ?",
+            "state = ?, due_at = ?, attempts = attempts + ?, updated_at = ?, leased_by = NULL",
             (state, due_at, attempts_delta, now),
             ids,
         )
@@ -810,8 +832,8 @@ def _record(
         conn.executemany("UPDATE deliveries SET due_at = ?, updated_at = ? WHERE id = ?", deadlines)
     if refs:
         conn.executemany(
-            "INSERT OR REPLACE INTO delivery_refs (adapter, reference, delivery_id) "
-            "VALUES (?, ?, ?)",
+            "INSERT INTO delivery_refs (adapter, reference, delivery_id) VALUES (?, ?, ?) "
+            "ON CONFLICT (adapter, reference) DO UPDATE SET delivery_id = excluded.delivery_id",
             refs,
         )
     for row, why in escalate:
@@ -960,7 +982,7 @@ def _add_visit(batch: _Batch, row: _Row) -> None:
         conn.execute(
             "INSERT INTO plan_counts (warning_id, area_code, audience, channel, count) "
             "VALUES (?, ?, 'visit', 'sms', 1) ON CONFLICT (warning_id, area_code, audience, "
-            "channel) DO UPDATE SET count = count + 1",
+            "channel) DO UPDATE SET count = plan_counts.count + 1",
             (batch.warning(seq).id, village_code),
         )
         deltas = batch.state_deltas.setdefault(seq, {})
@@ -1035,9 +1057,12 @@ def _fall_back_villages(batch: _Batch, row: _Row, why: str) -> None:
             (*devices, batch.first_delivery(seq), seq, row.id),
         ).fetchone():
             continue  # another device may still play it
+        # Through the devices' events (delivery_events_target), not the warning's: a
+        # city-wide warning has millions. ``warning_id || ''`` keeps the planner off
+        # delivery_events_warning: SQLite's INDEXED BY, spelt so PostgreSQL reads it too.
         if conn.execute(
-            "SELECT 1 FROM delivery_events INDEXED BY delivery_events_target "
-            f"WHERE target_id IN ({marks}) AND id > ? AND warning_id = ? AND state = ? "
+            "SELECT 1 FROM delivery_events "
+            f"WHERE target_id IN ({marks}) AND id > ? AND warning_id || '' = ? AND state = ? "
             "AND area_code = ? LIMIT 1",
             (*devices, batch.events_after(seq), info.id, VILLAGE_FALLBACK_EVENT, village),
         ).fetchone():
@@ -1244,8 +1269,21 @@ def _find_delivery(batch: _Batch, ack: AdapterAck) -> tuple[_Row | None, str]:
         ).fetchone()
         if found is None:
             return None, "no delivery to the sender is awaiting an acknowledgement"
+        if report.reply_id and not _first_reply(batch, ack.adapter, report.reply_id, found[0]):
+            return None, f"reply {report.reply_id} was applied already"
         return _row(found), ""
     return None, "the report names no delivery, reference or sender"
+
+
+def _first_reply(batch: _Batch, adapter: str, reply_id: str, delivery_id: int) -> bool:
+    """Remember that the reply ``reply_id`` was applied (to ``delivery_id``); False when it was
+    before. Kept beside the providers' references: one table, one unique key, any node."""
+    inserted = batch.conn.execute(
+        "INSERT INTO delivery_refs (adapter, reference, delivery_id) VALUES (?, ?, ?) "
+        "ON CONFLICT (adapter, reference) DO NOTHING",
+        (adapter, f"reply:{reply_id}", delivery_id),
+    )
+    return inserted.rowcount == 1
 
 
 def _device_delivery(batch: _Batch, warning_id: str, address: str) -> _Row | None:
@@ -1495,7 +1533,8 @@ def _apply_report(batch: _Batch, ack: AdapterAck, retry_delay: RetryDelay) -> Ac
         if row.state not in ("sending", "sent"):
             return AckOutcome(AckResult.DUPLICATE, f"delivery is {row.state}", row.id)
         batch.conn.execute(
-            "UPDATE deliveries SET state = 'delivered', updated_at = ? WHERE id = ?",
+            "UPDATE deliveries SET state = 'delivered', updated_at = ?, leased_by = NULL "
+            "WHERE id = ?",
             (batch.now, row.id),
         )
         batch.set_state(row, "delivered")
@@ -1512,7 +1551,8 @@ def _apply_report(batch: _Batch, ack: AdapterAck, retry_delay: RetryDelay) -> Ac
         else:
             due, new = batch.now, "failed"
         batch.conn.execute(
-            "UPDATE deliveries SET state = ?, due_at = ?, updated_at = ? WHERE id = ?",
+            "UPDATE deliveries SET state = ?, due_at = ?, updated_at = ?, leased_by = NULL "
+            "WHERE id = ?",
             (new, due, batch.now, row.id),
         )
         batch.set_state(row, new)
@@ -1529,7 +1569,8 @@ def _apply_report(batch: _Batch, ack: AdapterAck, retry_delay: RetryDelay) -> Ac
         detail["late"] = True
     if row.state not in _STOPPED:
         batch.conn.execute(
-            "UPDATE deliveries SET state = 'acknowledged', updated_at = ? WHERE id = ?",
+            "UPDATE deliveries SET state = 'acknowledged', updated_at = ?, leased_by = NULL "
+            "WHERE id = ?",
             (batch.now, row.id),
         )
         batch.set_state(row, "acknowledged")
@@ -1567,8 +1608,8 @@ def _reach(
     delivery_id: int | None,
 ) -> bool:
     inserted = batch.conn.execute(
-        "INSERT OR IGNORE INTO reached (warning_seq, kind, target_id, village_code, at, "
-        "in_time, source, delivery_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO reached (warning_seq, kind, target_id, village_code, at, in_time, "
+        "source, delivery_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (seq, kind, target_id, village_code, at, int(in_time), source, delivery_id),
     ).rowcount
     if inserted and in_time:

@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import psycopg
-import psycopg.errors
 import structlog
 
 from dispatcher.store.connections import Db, StoreConnections, StoreUnavailable
@@ -107,22 +106,19 @@ class PgConnections(StoreConnections):
             conn = conn_of()
             try:
                 return fn(conn)
-            except psycopg.errors.TransactionRollback as exc:
-                # A deadlock victim or serialization failure: nothing was committed.
-                if conn.in_transaction and not conn.broken:
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if conn.broken:
+                    conn.close()
+                    raise StoreUnavailable(
+                        f"lost the connection to PostgreSQL: {_first_line(exc)}"
+                    ) from exc
+                if conn.in_transaction:
                     conn.raw.execute("ROLLBACK")
-                if attempt == _RERUNS:
+                # Class 40 (a deadlock victim, a serialization failure): nothing was committed,
+                # and running the transaction again is what PostgreSQL asks for.
+                if not _rolled_back(exc) or attempt == _RERUNS:
                     raise
                 log.info("store transaction run again", reason=_first_line(exc), attempt=attempt)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                if not conn.broken:
-                    if conn.in_transaction:
-                        conn.raw.execute("ROLLBACK")
-                    raise
-                conn.close()
-                raise StoreUnavailable(
-                    f"lost the connection to PostgreSQL: {_first_line(exc)}"
-                ) from exc
             except BaseException:
                 if conn.in_transaction and not conn.broken:
                     conn.raw.execute("ROLLBACK")
@@ -189,6 +185,11 @@ class PgConnections(StoreConnections):
         self._writer_pool.shutdown(wait=True)
         self._reader_pool.shutdown(wait=True)
         self._aside_pool.shutdown(wait=True)
+
+
+def _rolled_back(exc: BaseException) -> bool:
+    state = getattr(exc, "sqlstate", None)
+    return isinstance(state, str) and state.startswith("40")
 
 
 def _first_line(exc: BaseException) -> str:

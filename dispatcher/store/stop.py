@@ -61,7 +61,7 @@ def stop_warning(
             (now, warning_id, delivery_state.value, reason, first_id, last_id),
         )
         conn.execute(
-            "UPDATE deliveries SET state = ?, updated_at = ? "
+            "UPDATE deliveries SET state = ?, updated_at = ?, leased_by = NULL "
             f"WHERE id BETWEEN ? AND ? AND state IN ({_STOPPABLE_SQL})",
             (delivery_state.value, now, first_id, last_id),
         )

@@ -1,15 +1,16 @@
-"""An engine on a real SQLite store with the small directory and simulated adapters.
+"""An engine on a real store (SQLite or PostgreSQL) with the small directory and simulated
+adapters.
 
 :class:`Tocsin` is what the engine tests drive: it plans warnings with the real planning
 worker, runs a real :class:`Engine` with real simulated adapters, and reads the database the
-way an operator would (deliveries, events, reached, coverage counts). Every wait is bounded.
+way an operator would (deliveries, events, reached, coverage counts) through a connection of
+its own beside the store's (:class:`Peek`). Every wait is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from small_directory import make_warning
+from stores import StoreTarget
 from waiting import wait_until
 
 from adapters.simulated.adapter import SimulatedAdapter, SimulatedSettings
@@ -29,7 +31,8 @@ from dispatcher.domain import TERMINAL_DELIVERY_STATES, Level, MsgType, Status, 
 from dispatcher.engine.engine import Engine
 from dispatcher.planning_worker import PlanningWorker
 from dispatcher.policy import Policy
-from dispatcher.store.sqlite import SqliteStore
+from dispatcher.store.connections import Db
+from dispatcher.store.sql_store import SqlStore
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = load_policy(ROOT / "config" / "policy.toml")
@@ -146,10 +149,10 @@ class MaxRandom(random.Random):
 
 @dataclass
 class Running:
-    store: SqliteStore
+    store: SqlStore
     engine: Engine
     planner: PlanningWorker
-    db: Path
+    db: StoreTarget
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return read(self.db, sql, params)
@@ -166,16 +169,37 @@ class Running:
         }
 
 
-def read(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db, timeout=10)
+def read(db: StoreTarget, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """One query on a connection of its own (opened and closed for it)."""
+    conn = db.connect()
     try:
-        return conn.execute(sql, params).fetchall()
+        return [tuple(r) for r in conn.execute(sql, params).fetchall()]
     finally:
         conn.close()
 
 
+class Peek:
+    """A connection beside the store's, kept open for a test's many reads (polling a state
+    every few milliseconds): opened on first use, autocommit, so each read sees what the store
+    has committed."""
+
+    def __init__(self, db: StoreTarget) -> None:
+        self.db = db
+        self._conn: Db | None = None
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if self._conn is None:
+            self._conn = self.db.connect()
+        return [tuple(r) for r in self._conn.execute(sql, params).fetchall()]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 def make_engine(
-    store: SqliteStore,
+    store: SqlStore,
     instances: Mapping[str, AdapterInstanceConfig],
     *,
     config: EngineConfig = FAST,
@@ -229,8 +253,8 @@ _DELIVERY_COLUMNS = (
 class Tocsin:
     """A store with the small directory, a planner and an engine, driven by a test."""
 
-    store: SqliteStore
-    db: Path
+    store: SqlStore
+    db: StoreTarget
     instances: Mapping[str, AdapterInstanceConfig]
     policy: Policy = POLICY
     config: EngineConfig = FAST
@@ -239,8 +263,10 @@ class Tocsin:
     engine: Engine = field(init=False)
     planner: PlanningWorker = field(init=False)
     started: bool = False
+    peek: Peek = field(init=False)
 
     def __post_init__(self) -> None:
+        self.peek = Peek(self.db)
         self.engine = make_engine(
             self.store,
             self.instances,
@@ -260,6 +286,11 @@ class Tocsin:
         if self.started:
             self.started = False
             await self.engine.stop()
+
+    async def close(self) -> None:
+        """Stop the engine and close the reading connection."""
+        await self.stop()
+        self.peek.close()
 
     def new_engine(self, instances: Mapping[str, AdapterInstanceConfig]) -> Engine:
         """Another engine on the same store (a restart)."""
@@ -324,7 +355,7 @@ class Tocsin:
 
     # -- reading -------------------------------------------------------------------------------
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        return read(self.db, sql, params)
+        return self.peek.rows(sql, params)
 
     def deliveries(self, warning_id: str) -> list[Delivery]:
         return [
@@ -449,7 +480,7 @@ class Tocsin:
         await assert_counts_consistent(self.store, self.db, warning_id)
 
 
-async def assert_counts_consistent(store: SqliteStore, db: Path, warning_id: str) -> None:
+async def assert_counts_consistent(store: SqlStore, db: StoreTarget, warning_id: str) -> None:
     """The kept counters equal a real count: delivery_state_counts (as the store reads it) a
     GROUP BY over the warning's deliveries, coverage_counts one over its in-time reached."""
     kept = await store.delivery_state_counts(warning_id)
@@ -460,14 +491,16 @@ async def assert_counts_consistent(store: SqliteStore, db: Path, warning_id: str
 
 
 def counted(
-    db: Path, warning_id: str
+    db: StoreTarget, warning_id: str
 ) -> tuple[dict[str, int], dict[str, int], dict[tuple[str, str], int], dict[tuple[str, str], int]]:
     """In one read transaction (one snapshot, so it can be taken while the engine runs):
     the kept state counts, a GROUP BY over deliveries, the kept coverage counts, a GROUP BY
     over reached in time. Zero counts are left out; a negative one fails."""
-    conn = sqlite3.connect(db, timeout=10, isolation_level=None)
+    conn = db.connect()
     try:
-        conn.execute("BEGIN")
+        # PostgreSQL's default (read committed) would take a snapshot per statement.
+        snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ" if db.kind == "postgresql" else "BEGIN"
+        conn.execute(snapshot)
         (seq,) = conn.execute("SELECT seq FROM warnings WHERE id = ?", (warning_id,)).fetchone()
         kept = conn.execute(
             "SELECT state, n FROM delivery_state_counts WHERE warning_seq = ? AND n != 0", (seq,)

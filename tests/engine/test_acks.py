@@ -5,7 +5,6 @@ anything (or flooding the log), and door-to-door confirmations by grid members."
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from datetime import timedelta
 
@@ -334,9 +333,8 @@ async def test_a_report_that_overtakes_its_send_outcome_waits_for_the_reference(
     w = await t.warn((VILLAGE_A1a,))
     await t.start()
     sms = await t.wait_state(w.id, "p02", "sms", "sent")
-    conn = sqlite3.connect(t.db)
+    conn = t.db.connect()  # autocommit
     conn.execute("DELETE FROM delivery_refs WHERE delivery_id = ?", (sms.id,))
-    conn.commit()
 
     pending = asyncio.ensure_future(t.engine.intake.submit_and_wait(ack("sms", reference="SMlate")))
     await asyncio.sleep(0.3)
@@ -345,7 +343,6 @@ async def test_a_report_that_overtakes_its_send_outcome_waits_for_the_reference(
         "INSERT INTO delivery_refs (adapter, reference, delivery_id) VALUES ('sms', 'SMlate', ?)",
         (sms.id,),
     )
-    conn.commit()
     conn.close()
     outcome = await asyncio.wait_for(pending, 5)
     assert outcome.result is AckResult.APPLIED

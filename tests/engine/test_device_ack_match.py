@@ -4,7 +4,6 @@ delivery to the device at that address, in any state, in bulk for a batch of rep
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +15,7 @@ from dispatcher.domain import DeliveryState
 from dispatcher.engine.engine import level_rules
 from dispatcher.engine.types import AckOutcome, AckResult, AdapterAck, LevelRules, Transition
 from dispatcher.store import engine_ops as se
+from dispatcher.store.connections import Db, DbCursor
 from engine.conftest import MakeTocsin
 from engine.harness import FAST, Tocsin, policy, rule, sim
 
@@ -62,12 +62,34 @@ async def send_speakers(t: Tocsin, *, failed: Sequence[str] = ()) -> None:
 
 
 def set_address(t: Tocsin, device_id: str, address: str) -> None:
-    conn = sqlite3.connect(t.db)
+    conn = t.db.connect()  # autocommit
     try:
-        with conn:
-            conn.execute("UPDATE devices SET address = ? WHERE id = ?", (address, device_id))
+        conn.execute("UPDATE devices SET address = ? WHERE id = ?", (address, device_id))
     finally:
         conn.close()
+
+
+class Recording:
+    """A connection that notes each statement the store's code runs on it."""
+
+    def __init__(self, conn: Db) -> None:
+        self.conn = conn
+        self.statements: list[str] = []
+
+    def execute(self, sql: str, parameters: Any = (), /) -> DbCursor:
+        self.statements.append(sql)
+        return self.conn.execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> DbCursor:
+        self.statements.append(sql)
+        return self.conn.executemany(sql, parameters)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 async def test_a_played_report_naming_the_warning_and_the_device_acknowledges_it(
@@ -212,17 +234,17 @@ async def test_a_batch_is_matched_with_a_few_queries_per_warning(tocsin: MakeToc
         played(wa.id, "spk-a1a"),  # again
     ]
 
-    conn = sqlite3.connect(t.db, isolation_level=None)
-    statements: list[str] = []
+    conn = Recording(t.db.connect())
+    statements = conn.statements
     try:
         conn.execute("BEGIN IMMEDIATE")
         batch = se._Batch(conn, time.time(), levels(t), 0.1)
-        conn.set_trace_callback(statements.append)
+        statements.clear()
         se._read_ahead(batch, acks)
         read_ahead = list(statements)
         statements.clear()
         outcomes = [se._apply_ack(batch, a, lambda a, b: 0.1) for a in acks]
-        conn.set_trace_callback(None)
+        applying = list(statements)
         conn.execute("ROLLBACK")
     finally:
         conn.close()
@@ -239,8 +261,8 @@ async def test_a_batch_is_matched_with_a_few_queries_per_warning(tocsin: MakeToc
     # Per warning: the devices by id (and by address for the rest), their deliveries.
     assert len(delivery_lookups) == 2, read_ahead
     assert len(device_lookups) <= 2 * 2 + 1, read_ahead
-    applying = [s for s in statements if "FROM devices" in s or "FROM deliveries WHERE" in s]
-    assert applying == [], applying
+    lookups = [s for s in applying if "FROM devices" in s or "FROM deliveries WHERE" in s]
+    assert lookups == [], lookups
 
 
 async def test_the_engine_applies_a_speakers_played_report_by_warning_and_address(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 from small_directory import COUNTY_A, make_warning
+from stores import StoreTarget
 
 from dispatcher.planning_worker import PlanningWorker
-from dispatcher.store.sqlite import SqliteStore
+from dispatcher.store.sql_store import SqlStore
 from engine.harness import (
     POLICY,
     Running,
@@ -18,12 +19,14 @@ from engine.harness import (
 )
 
 
-async def test_red_warning_is_sent_acknowledged_and_completes(store: SqliteStore) -> None:
+async def test_red_warning_is_sent_acknowledged_and_completes(
+    store: SqlStore, store_target: StoreTarget
+) -> None:
     engine = make_engine(store, all_channels())
     planner = PlanningWorker(store, lambda: POLICY)
     await engine.start()
     await planner.start()
-    run = Running(store, engine, planner, store.path)
+    run = Running(store, engine, planner, store_target)
     try:
         warning = make_warning((COUNTY_A,))
         await store.create_warning(warning, idempotency=None, now=time.time())
@@ -51,7 +54,7 @@ async def test_red_warning_is_sent_acknowledged_and_completes(store: SqliteStore
             )
         )
         assert kinds["village"] == 2
-        await assert_counts_consistent(store, store.path, warning.id)
+        await assert_counts_consistent(store, store_target, warning.id)
     finally:
         await planner.stop()
         await engine.stop()

@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from stores import StoreTarget
 
 from dispatcher.config import SyntheticDirectoryConfig
 from dispatcher.domain import Level, MsgType
-from dispatcher.store.sqlite import SqliteStore
+from dispatcher.store.sql_store import SqlStore
+from dispatcher.store.sqlite import connect
 from dispatcher.synthetic import CITY_CODE, load_synthetic
 from engine.harness import TERMINAL, Tocsin, all_channels, config, counted, policy, sim
 
@@ -38,18 +40,59 @@ BUSY = {
 }
 
 
+#: The directory's tables, parents first (for their foreign keys).
+_DIRECTORY = (
+    "areas",
+    "area_closure",
+    "grids",
+    "households",
+    "persons",
+    "grid_members",
+    "devices",
+    "device_areas",
+)
+_LEVELS = ("province", "city", "county", "town", "village")
+
+
+def copy_directory(source: Path, target: StoreTarget) -> None:
+    """The directory tables of SQLite file ``source`` into ``target`` (the synthetic loader
+    writes SQLite only)."""
+    src = connect(source)
+    dst = target.connect()
+    try:
+        dst.execute("BEGIN")
+        for table in _DIRECTORY:
+            cursor = src.execute(f"SELECT * FROM {table}")
+            columns = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+            if table == "areas":
+                rows.sort(key=lambda r: _LEVELS.index(r[columns.index("level")]))
+            dst.executemany(
+                f"INSERT INTO {table} ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})",
+                rows,
+            )
+        dst.execute("COMMIT")
+    finally:
+        dst.close()
+        src.close()
+
+
 @pytest.fixture
-async def city(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    db = tmp_path / "city.db"
-    opened = await SqliteStore.open(db)
-    load_synthetic(db, COUNTY, progress=False)
+async def city(store_target: StoreTarget, tmp_path: Path) -> AsyncIterator[SqlStore]:
+    opened = await store_target.open()
+    if store_target.kind == "sqlite":
+        load_synthetic(store_target.path, COUNTY, progress=False)
+    else:
+        load_synthetic(tmp_path / "synthetic.db", COUNTY, progress=False)
+        copy_directory(tmp_path / "synthetic.db", store_target)
     yield opened
     await opened.close()
 
 
-async def test_counters_stay_true_through_a_busy_run_and_everything_ends(
-    city: SqliteStore,
-) -> None:
+@pytest.fixture
+async def busy(city: SqlStore, store_target: StoreTarget) -> AsyncIterator[Tocsin]:
+    """The city's store with every channel failing, retrying and acknowledging at random."""
     instances = all_channels(**BUSY)
     # The directory's devices name these instances.
     instances["speakers"] = instances.pop("loudspeaker")
@@ -58,11 +101,17 @@ async def test_counters_stay_true_through_a_busy_run_and_everything_ends(
     instances["sms2"] = sim(["sms"], **{**BUSY, "seed": 12, "rate_per_second": 300})
     t = Tocsin(
         city,
-        city.path,
+        store_target,
         instances,
         policy=policy(ack_timeout="0.3s", device_ack_timeout="0.3s", max_attempts=3, visit=True),
         config=config(retry_base=0.02, retry_cap=0.1, visit_delay=0.2, batch_size=50),
     )
+    yield t
+    await t.close()
+
+
+async def test_counters_stay_true_through_a_busy_run_and_everything_ends(busy: Tocsin) -> None:
+    t = busy
     main = await t.warn((CITY_CODE,))
     other = await t.warn((CITY_CODE,), level=Level.ORANGE)
     planned = len(t.deliveries(main.id))

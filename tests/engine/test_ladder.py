@@ -5,7 +5,6 @@ village."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 
 from small_directory import VILLAGE_A1a
@@ -42,6 +41,9 @@ async def test_unacknowledged_sms_releases_the_call_which_reaches_person_househo
     await t.start()
 
     voice = await t.wait_state(w.id, "p01", "voice", "acknowledged", within=5)
+    # The acknowledgement may be recorded before the send's outcome (the call is answered at
+    # once): wait for both.
+    await t.wait(lambda: len(t.events(voice.id)) >= 3, within=5, what="the call's outcome")
 
     sms = t.delivery(w.id, "p01", "sms")
     assert sms.state == "unacknowledged"
@@ -54,8 +56,7 @@ async def test_unacknowledged_sms_releases_the_call_which_reaches_person_househo
     assert released.at >= unacked_at - 0.01
     assert "escalated" in released.reason
     assert json.loads(released.detail) == {"after_delivery": sms.id}
-    # The acknowledgement may be recorded before the send's outcome (the call is answered
-    # at once): either way, one of each.
+    # Either way, one of each.
     assert voice_events[0].state == "pending"
     assert sorted(e.state for e in voice_events[1:]) == ["acknowledged", "sent"]
     assert voice.attempts == 1
@@ -282,8 +283,9 @@ async def test_a_visit_task_waiting_to_be_tried_again_is_joined_not_doubled(
     )
     ((visit_id,),) = t.rows("SELECT delivery_id FROM visit_tasks")
     # … whose SMS to the grid member failed for now and waits to be tried again …
-    conn = sqlite3.connect(t.db, timeout=30)
-    with conn:
+    conn = t.db.connect()
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # as the store's writes (PostgreSQL: the writer lock)
         conn.execute(
             "UPDATE deliveries SET state = 'retry_wait', due_at = ? WHERE id = ?",
             (time.time() + 3600, visit_id),
@@ -294,7 +296,9 @@ async def test_a_visit_task_waiting_to_be_tried_again_is_joined_not_doubled(
             "(SELECT seq FROM warnings WHERE id = ?)",
             (w.id,),
         )
-    conn.close()
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
     # … and p04's ladder (SMS, then a call) runs out later: h2 joins that task.
     await wait_until(
         lambda: len(t.rows("SELECT household_id FROM visit_households")) == 2,

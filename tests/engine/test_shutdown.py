@@ -52,9 +52,18 @@ async def test_a_hung_send_keeps_its_lease_and_the_next_engine_sends_it_again(
     )
     w = await t.warn((COUNTY_A,))
     await t.start()
-    await t.wait(lambda: t.adapter("speaker").stats.hung >= 1, what="a send hanging")
-    hung = {d.id for d in t.deliveries(w.id) if d.state == "sending"}
+    # Every delivery handed to the adapter (the speakers and the transmitter are claimed by
+    # two channel loops, one after the other), whose sends all hang.
+    await t.wait(
+        lambda: (
+            all(d.state == "sending" for d in t.deliveries(w.id))
+            and len(t.adapter("speaker").dispatched) == len(t.deliveries(w.id))
+        ),
+        what="every send hanging",
+    )
+    hung = {d.id for d in t.deliveries(w.id)}
     assert hung
+    assert t.adapter("speaker").stats.hung >= 1
 
     started = time.monotonic()
     await t.stop()

@@ -7,7 +7,6 @@ warning expires; and a Cancel that stops what is playing."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,14 @@ import aiomqtt
 import pytest
 from mqtt_broker import Broker, running_mosquitto
 from small_directory import VILLAGE_A1a, VILLAGE_A1b, VILLAGE_B1a
+from stores import StoreTarget
 
 from adapters.mqtt_speaker.adapter import MqttSpeakerAdapter
 from adapters.mqtt_speaker.protocol import Ack, AckState
 from adapters.mqtt_speaker.simulator import FleetBehaviour, SimSpeaker, SpeakerFleet
 from dispatcher.config import AdapterInstanceConfig
 from dispatcher.domain import MsgType
-from dispatcher.store.sqlite import SqliteStore
+from dispatcher.store.sql_store import SqlStore
 from engine.conftest import MakeTocsin
 from engine.harness import Tocsin, config, policy, rule, sim, wait_until
 
@@ -67,9 +67,10 @@ def instances(broker: Broker) -> dict[str, AdapterInstanceConfig]:
     }
 
 
-def add_speakers(db: Path, count: int) -> None:
-    conn = sqlite3.connect(db)
-    with conn:
+def add_speakers(db: StoreTarget, count: int) -> None:
+    conn = db.connect()
+    try:
+        conn.execute("BEGIN")
         for n in range(count):
             village = VILLAGES[n % len(VILLAGES)]
             device = f"spk-x{n:03d}"
@@ -79,12 +80,14 @@ def add_speakers(db: Path, count: int) -> None:
                 (device, device, device, village),
             )
             conn.execute("INSERT INTO device_areas VALUES (?, ?)", (device, village))
-    conn.close()
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
-def fleet_speakers(db: Path) -> list[SimSpeaker]:
+def fleet_speakers(db: StoreTarget) -> list[SimSpeaker]:
     """Every loudspeaker of the directory, listening to its village and its ancestors."""
-    conn = sqlite3.connect(db)
+    conn = db.connect()
     try:
         rows = conn.execute(
             "SELECT d.id, c.ancestor FROM devices d JOIN area_closure c "
@@ -100,11 +103,11 @@ def fleet_speakers(db: Path) -> list[SimSpeaker]:
 
 @pytest.fixture
 async def setup(
-    store: SqliteStore, tocsin: MakeTocsin, broker: Broker
+    store: SqlStore, store_target: StoreTarget, tocsin: MakeTocsin, broker: Broker
 ) -> tuple[Tocsin, list[SimSpeaker]]:
-    add_speakers(store.path, EXTRA)
+    add_speakers(store_target, EXTRA)
     t = tocsin(instances(broker), policy=SPEAKERS_ONLY, config=config(device_ack_timeout=1.0))
-    return t, fleet_speakers(store.path)
+    return t, fleet_speakers(store_target)
 
 
 def speaker_states(t: Tocsin, warning_id: str) -> dict[str, str]:

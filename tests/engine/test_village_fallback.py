@@ -6,13 +6,13 @@ Alert or Update in force."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from small_directory import VILLAGE_A1a, VILLAGE_A1b
+from stores import StoreTarget
 
 from dispatcher.adapter import Report, ReportState
 from dispatcher.config import ConfigError, load_policy
@@ -22,7 +22,7 @@ from dispatcher.engine.types import AckResult, AdapterAck, Transition
 from dispatcher.log_query import LogFilter
 from dispatcher.planner import plan_stages
 from dispatcher.policy import Policy
-from dispatcher.store.sqlite import SqliteStore
+from dispatcher.store.sql_store import SqlStore
 from engine.conftest import MakeTocsin
 from engine.harness import FAST, ROOT, Tocsin, policy, rule, sim
 
@@ -49,16 +49,17 @@ def fallback_policy(
     return policy(**{**LONG, **level}, rules=rules)
 
 
-def add_speaker(db: Path, device_id: str, village: str) -> None:
-    conn = sqlite3.connect(db)
+def add_speaker(db: StoreTarget, device_id: str, village: str) -> None:
+    conn = db.connect()
     try:
-        with conn:
-            conn.execute(
-                "INSERT INTO devices (id, kind, name, adapter, address, area_code) "
-                "VALUES (?, 'loudspeaker', ?, 'loudspeaker', ?, ?)",
-                (device_id, device_id, device_id, village),
-            )
-            conn.execute("INSERT INTO device_areas VALUES (?, ?)", (device_id, village))
+        conn.execute("BEGIN")
+        conn.execute(
+            "INSERT INTO devices (id, kind, name, adapter, address, area_code) "
+            "VALUES (?, 'loudspeaker', ?, 'loudspeaker', ?, ?)",
+            (device_id, device_id, device_id, village),
+        )
+        conn.execute("INSERT INTO device_areas VALUES (?, ?)", (device_id, village))
+        conn.execute("COMMIT")
     finally:
         conn.close()
 
@@ -226,7 +227,7 @@ async def test_two_failing_speakers_fall_back_once(tocsin: MakeTocsin) -> None:
 
 
 async def test_the_last_speaker_of_a_village_to_fail_sets_off_its_fallback(
-    store: SqliteStore, tocsin: MakeTocsin
+    store: SqlStore, tocsin: MakeTocsin
 ) -> None:
     """Speakers failing one after another, each in its own batch: while one may still play,
     nothing happens; the last one's failure falls back."""
@@ -268,7 +269,7 @@ async def test_the_last_speaker_of_a_village_to_fail_sets_off_its_fallback(
 
 
 async def test_a_village_falls_back_once_whatever_sets_it_off_again(
-    store: SqliteStore, tocsin: MakeTocsin
+    store: SqlStore, tocsin: MakeTocsin
 ) -> None:
     """The fallback is looked for in the log: a second trigger, in another transaction,
     adds nothing."""
@@ -280,7 +281,7 @@ async def test_a_village_falls_back_once_whatever_sets_it_off_again(
     speaker = t.delivery(w.id, "spk-a1b", "speaker")
 
     def trigger() -> None:
-        conn = sqlite3.connect(t.db, isolation_level=None)
+        conn = t.db.connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("UPDATE deliveries SET state = 'failed' WHERE id = ?", (speaker.id,))
@@ -404,7 +405,7 @@ async def test_no_fallback_for_a_test_broadcast(tocsin: MakeTocsin) -> None:
 
 
 async def test_a_fallback_before_its_people_are_planned_is_not_planned_twice(
-    store: SqliteStore, tocsin: MakeTocsin
+    store: SqlStore, tocsin: MakeTocsin
 ) -> None:
     """The speaker fails while only the devices stage is committed: the people stage then
     leaves out the call the fallback added (one message per channel)."""
@@ -507,7 +508,7 @@ def test_the_shipped_policy_falls_back_to_the_cadres_at_red_orange_and_yellow() 
 
 
 async def test_a_village_its_grid_member_reached_does_not_fall_back(
-    store: SqliteStore, tocsin: MakeTocsin
+    store: SqlStore, tocsin: MakeTocsin
 ) -> None:
     t = tocsin(quiet(), policy=fallback_policy())
     w = await t.warn((VILLAGE_A1b,))
