@@ -150,6 +150,11 @@ class Report:
     #: When a failure report may be retried (busy, no answer) rather than being final.
     retryable: bool = True
     detail: Mapping[str, Any] = field(default_factory=dict)
+    #: The provider's own id of a reply matched by ``from_address`` (an inbound SMS's id):
+    #: the store applies a reply of one id once, whichever node the provider posted it to
+    #: and however often (webhook retries), so a copy never confirms the sender's next open
+    #: delivery, perhaps of another warning.
+    reply_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -52,8 +51,6 @@ CONFIRM_TAIL = "收到请回复1。"
 _IN_FLIGHT = frozenset({"accepted", "scheduled", "queued", "sending", "sent", "receiving"})
 #: Twilio's validity period limit (seconds) for messages through a messaging service.
 _MAX_VALIDITY = 36000
-#: Replies remembered by SID, so one posted twice confirms once.
-_SEEN_REPLIES = 100_000
 #: Longest a send waits for a sender's token before answering Retry.
 _MAX_SENDER_WAIT = 2.0
 
@@ -74,7 +71,6 @@ class TwilioSmsAdapter(TwilioAdapterBase):
         )
         self._confirm = {normalise_reply(word) for word in settings.confirm_words}
         self._status_url = settings.hook_url(name, "status")
-        self._seen_replies: OrderedDict[str, None] = OrderedDict()
 
     # -- pacing -----------------------------------------------------------------------------
     def send_rate(self) -> SendRate:
@@ -174,16 +170,6 @@ class TwilioSmsAdapter(TwilioAdapterBase):
             context.report(report)
         return web.Response(status=204)
 
-    def _first_time(self, reply_sid: str) -> bool:
-        if not reply_sid:
-            return True
-        if reply_sid in self._seen_replies:
-            return False
-        self._seen_replies[reply_sid] = None
-        if len(self._seen_replies) > _SEEN_REPLIES:
-            self._seen_replies.popitem(last=False)
-        return True
-
     def _status_report(
         self, delivery_id: int | None, sid: str, status: str, code: int | None, to: str
     ) -> Report | None:
@@ -217,9 +203,7 @@ class TwilioSmsAdapter(TwilioAdapterBase):
         context, params = await self._signed(request)
         sender = params.get("From", "")
         body = params.get("Body", "")
-        if not sender or not self._first_time(params.get("MessageSid", "")):
-            # A reply Twilio posts again (its webhook retries) must not confirm the sender's
-            # next open delivery, perhaps of another warning.
+        if not sender:
             return twiml(EMPTY_TWIML)
         if normalise_reply(body) not in self._confirm:
             # Not a confirmation (a question, STOP, a wrong number): kept in the daemon's log
@@ -236,6 +220,9 @@ class TwilioSmsAdapter(TwilioAdapterBase):
                 ReportState.ACKNOWLEDGED,
                 from_address=sender,
                 detail={"reply": body[:40], "reply_sid": params.get("MessageSid", "")},
+                # A reply Twilio posts again (its webhook retries, perhaps to another node)
+                # is applied once: the store keeps the ids of the replies it applied.
+                reply_id=params.get("MessageSid") or None,
             )
         )
         if self.settings.reply_confirmation:
