@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -263,7 +264,17 @@ def _test_dispatch(spec: AdapterSpec, args: argparse.Namespace) -> Dispatch | st
     )
 
 
+def _outside_node_groups(spec: AdapterSpec) -> AdapterSpec:
+    """``spec`` for a one-off test from the command line: not a member of the nodes' group
+    (``shared_group``), which would hand it only its share of the test's acknowledgements."""
+    if getattr(spec.settings, "shared_group", None) is None:
+        return spec
+    settings = spec.settings.model_copy(update={"shared_group": None})
+    return dataclasses.replace(spec, settings=settings)
+
+
 async def _run_test(spec: AdapterSpec, dispatch: Dispatch, wait: float) -> int:
+    spec = _outside_node_groups(spec)
     adapter = spec.create()
     context = _PrintingContext(spec.name, dispatch.address if dispatch.area_code == "" else None)
     try:

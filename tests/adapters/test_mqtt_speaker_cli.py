@@ -5,13 +5,16 @@ online, `tocsin adapters test` plays a test broadcast on one speaker or one vill
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiomqtt
 import pytest
 from mqtt_broker import Broker, running_mosquitto
 
+from adapters.mqtt_speaker.protocol import DEFAULT_ROOT
 from adapters.mqtt_speaker.simulator import FleetBehaviour, SimSpeaker, SpeakerFleet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +32,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         yield running
 
 
-def write_config(tmp_path: Path, broker: Broker) -> Path:
+def write_config(tmp_path: Path, broker: Broker, extra: str = "") -> Path:
     config = tmp_path / "tocsin.toml"
     config.write_text(
         f"""
@@ -48,6 +51,7 @@ host = "{broker.host}"
 port = {broker.port}
 client_id = "installer-laptop"
 probe_listen = "1s"
+{extra}
 """
     )
     return config
@@ -135,6 +139,47 @@ async def test_a_test_broadcast_to_a_village_plays_on_each_of_its_speakers(
         assert code == 0, out + err
         assert "acknowledged by 2;" in out
         assert [fleet.speaker(s).play_count for s in ("spk-1", "spk-2", "spk-3")] == [1, 1, 0]
+
+
+async def test_a_test_from_a_nodes_config_sees_every_ack_while_the_nodes_run(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """With shared_group set (several nodes), a test from the command line must not join the
+    nodes' group: it would be handed only its share of the speakers' acks."""
+    config = write_config(tmp_path, broker, 'shared_group = "tocsin"')
+    node_got: list[str] = []
+
+    async def running_node(subscribed: asyncio.Event) -> None:
+        async with aiomqtt.Client(broker.host, broker.port, identifier="tocsin-node-a-acks") as c:
+            await c.subscribe(f"$share/tocsin/{DEFAULT_ROOT}/device/+/ack", qos=1)
+            subscribed.set()
+            async for message in c.messages:
+                node_got.append(str(message.topic))
+
+    subscribed = asyncio.Event()
+    node = asyncio.create_task(running_node(subscribed))
+    try:
+        await asyncio.wait_for(subscribed.wait(), 10)
+        async with SpeakerFleet(FLEET, host=broker.host, port=broker.port):
+            code, out, err = await tocsin(
+                "adapters",
+                "test",
+                "--config",
+                str(config),
+                "speakers",
+                "--area",
+                "611002001001",
+                "--wait",
+                "3s",
+            )
+        assert code == 0, out + err
+        assert "acknowledged by 2;" in out
+        # The group got its copy as well (the node ignores a test's acks: no delivery).
+        assert node_got
+    finally:
+        node.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await node
 
 
 async def test_a_test_names_what_is_missing(broker: Broker, tmp_path: Path) -> None:
