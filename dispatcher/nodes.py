@@ -120,7 +120,12 @@ def _ended_here(host: str, pid: int) -> bool:
 
 
 def nodes_view(
-    rows: list[NodeRow], *, now: float, dead_after: float, leader: str | None, this_node: str
+    rows: list[NodeRow],
+    *,
+    now: float,
+    dead_after: float,
+    leader: str | None,
+    this_node: str | None,
 ) -> dict[str, Any]:
     """The body of ``GET /v1/nodes``."""
 

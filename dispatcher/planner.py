@@ -351,12 +351,18 @@ def _person_statement(
     priority_sql = _case(givers, lambda r: str(r.selector.priority))
     areas = _COVERED_AREAS
     bounds: list[str] = []
+    # The chunk's villages, said of the persons too (implied by the IN): PostgreSQL estimates
+    # the IN's closure range at one row and would walk the persons index once per village;
+    # with the range on p.village_code it reads the chunk's persons in one range.
+    person_range = ""
     if villages is not None:
         if villages.after is not None:
             areas += " AND c.descendant > ?"
+            person_range += " AND p.village_code > ?"
             bounds.append(villages.after)
         if villages.upto is not None:
             areas += " AND c.descendant <= ?"
+            person_range += " AND p.village_code <= ?"
             bounds.append(villages.upto)
     guard_params: tuple[str, ...] = ()
     if guard is not None:
@@ -374,8 +380,9 @@ def _person_statement(
         f"INSERT INTO deliveries ({_COLUMNS}) "
         f"SELECT {_WARNING_SEQ}, {audience_sql}, p.id, ?, p.village_code, {priority_sql}, "
         f"{_state_sql(channel, tier_rules)}, 0, ?, ? "
-        f"FROM persons p WHERE p.phone IS NOT NULL AND p.village_code IN ({areas}){where}"
+        f"FROM persons p WHERE p.phone IS NOT NULL AND p.village_code IN ({areas})"
+        f"{person_range}{where}"
     )
     return SqlStatement(
-        sql, (warning_id, channel.value, now, now, warning_id, *bounds, *guard_params)
+        sql, (warning_id, channel.value, now, now, warning_id, *bounds, *bounds, *guard_params)
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 import postgres_server
 import pytest
-from stores import StoreTarget, store_kind, store_target
+from stores import DIRECTORY_TABLES, StoreTarget, store_kind, store_target
 
 __all__ = ["store_kind", "store_target"]  # fixtures for every test module
 
@@ -79,18 +79,6 @@ def write_directory() -> Callable[..., Path]:
     return write
 
 
-_DIRECTORY_TABLES = (
-    "areas",
-    "area_closure",
-    "grids",
-    "households",
-    "persons",
-    "grid_members",
-    "devices",
-    "device_areas",
-)
-
-
 @pytest.fixture
 def dump_directory() -> Callable[[Path | StoreTarget], dict[str, list[tuple[Any, ...]]]]:
     """dump(db) → every directory table's rows, in key order, to compare two databases (a
@@ -104,7 +92,7 @@ def dump_directory() -> Callable[[Path | StoreTarget], dict[str, list[tuple[Any,
                     tuple(row)
                     for row in conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
                 ]
-                for table in _DIRECTORY_TABLES
+                for table in DIRECTORY_TABLES
             }
         finally:
             conn.close()

@@ -59,3 +59,42 @@ def store_target(store_kind: str, tmp_path: Path) -> object:
         return
     with postgres_server.fresh_database(template=postgres_server.migrated_template()) as dsn:
         yield StoreTarget("postgresql", tmp_path / "tocsin.db", dsn)
+
+
+#: The directory's tables, each after those it refers to.
+DIRECTORY_TABLES = (
+    "areas",
+    "area_closure",
+    "grids",
+    "households",
+    "persons",
+    "grid_members",
+    "devices",
+    "device_areas",
+)
+_AREA_LEVELS = ("province", "city", "county", "town", "village")
+
+
+def copy_directory(source: Path, target: StoreTarget) -> None:
+    """The directory of SQLite file ``source`` (a synthetic city built once per session) into
+    ``target``'s migrated database, parents first."""
+    src = connect(source)
+    dst = target.connect()
+    try:
+        dst.execute("BEGIN IMMEDIATE")
+        for table in DIRECTORY_TABLES:
+            cursor = src.execute(f"SELECT * FROM {table}")
+            columns = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+            if table == "areas":
+                level = columns.index("level")
+                rows.sort(key=lambda r: _AREA_LEVELS.index(r[level]))
+            dst.executemany(
+                f"INSERT INTO {table} ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})",
+                rows,
+            )
+        dst.execute("COMMIT")
+    finally:
+        dst.close()
+        src.close()

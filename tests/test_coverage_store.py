@@ -21,7 +21,7 @@ from small_directory import (
     fill_small_directory,
     make_warning,
 )
-from stores import StoreTarget
+from stores import StoreTarget, copy_directory
 from waiting import wait_until
 
 from dispatcher.adapter_config import build_adapter_specs
@@ -388,48 +388,11 @@ CITY = SyntheticDirectoryConfig(
 
 
 #: The directory's tables, each after those it refers to.
-DIRECTORY_TABLES = (
-    "areas",
-    "area_closure",
-    "grids",
-    "households",
-    "persons",
-    "grid_members",
-    "devices",
-    "device_areas",
-)
-_AREA_LEVELS = ("province", "city", "county", "town", "village")
-
-
 @pytest.fixture(scope="module")
 def city_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("coverage-city") / "city.db"
     load_synthetic(path, CITY, progress=False)
     return path
-
-
-def copy_directory(source: Path, target: StoreTarget) -> None:
-    """The directory of a SQLite file, row by row, into the (migrated) store's database."""
-    src = sqlite3.connect(source)
-    conn = target.connect()
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        for table in DIRECTORY_TABLES:
-            cursor = src.execute(f"SELECT * FROM {table}")
-            columns = [d[0] for d in cursor.description]
-            rows = cursor.fetchall()
-            if table == "areas":  # parents first
-                level = columns.index("level")
-                rows.sort(key=lambda r: _AREA_LEVELS.index(r[level]))
-            conn.executemany(
-                f"INSERT INTO {table} ({', '.join(columns)}) "
-                f"VALUES ({', '.join('?' * len(columns))})",
-                rows,
-            )
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
-        src.close()
 
 
 @pytest.fixture

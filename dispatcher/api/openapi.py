@@ -569,7 +569,7 @@ _RESPONSE_SCHEMAS: dict[str, Schema] = {
     },
     "NodeList": _object(
         {
-            "this_node": _STRING,
+            "this_node": _nullable(_STRING),
             "scheduler_leader": _nullable(_STRING),
             "nodes": {"type": "array", "items": _ref("Node")},
         }
@@ -1336,7 +1336,7 @@ def _operations() -> dict[str, Schema]:
             "description": "Every node that has run on the database: alive (heard from within "
             "[node] dead_after), gone (not heard from: its leases expire and are taken over) "
             "or stopped; the deliveries each is sending; which node runs the schedules.",
-            "responses": {"200": _json("The nodes", "NodeList"), "503": _error(503)},
+            "responses": {"200": _json("The nodes", "NodeList")},
         },
         "getOpenApi": {
             "tags": ["operations"],

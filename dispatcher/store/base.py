@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from dispatcher.domain import WarningRecord, WarningState
 from dispatcher.log_query import LogEvent, LogFilter
+from dispatcher.store.node_queries import NodeRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,6 +481,10 @@ class Store(Protocol):
 
     async def log_last_id(self) -> int:
         """The id of the newest delivery event (0 when there is none)."""
+
+    # -- nodes -------------------------------------------------------------------------------
+    async def list_nodes(self) -> list[NodeRow]:
+        """The dispatcher nodes that have run on this store, with the leases each holds."""
 
     # -- coverage ----------------------------------------------------------------------------
     async def coverage(

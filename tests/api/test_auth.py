@@ -78,6 +78,7 @@ CALLS = [
     Call("GET", "/v1/areas/{code}", EVERYONE),
     Call("GET", "/v1/openapi.json", None),
     Call("GET", "/v1/adapters", frozenset({DUTY, OPERATOR, INSTALLER, ADMIN})),
+    Call("GET", "/v1/nodes", frozenset({DUTY, OPERATOR, INSTALLER, ADMIN})),
     Call("GET", "/v1/devices", frozenset({DUTY, OPERATOR, INSTALLER, ADMIN})),
     Call("GET", "/v1/devices/{id}", frozenset({DUTY, OPERATOR, INSTALLER, ADMIN})),
     Call("GET", "/healthz", None),

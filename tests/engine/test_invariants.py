@@ -10,12 +10,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from stores import StoreTarget
+from stores import StoreTarget, copy_directory
 
 from dispatcher.config import SyntheticDirectoryConfig
 from dispatcher.domain import Level, MsgType
 from dispatcher.store.sql_store import SqlStore
-from dispatcher.store.sqlite import connect
 from dispatcher.synthetic import CITY_CODE, load_synthetic
 from engine.harness import TERMINAL, Tocsin, all_channels, config, counted, policy, sim
 
@@ -38,44 +37,6 @@ BUSY = {
     "breaker_failures": 1000,
     "seed": 11,
 }
-
-
-#: The directory's tables, parents first (for their foreign keys).
-_DIRECTORY = (
-    "areas",
-    "area_closure",
-    "grids",
-    "households",
-    "persons",
-    "grid_members",
-    "devices",
-    "device_areas",
-)
-_LEVELS = ("province", "city", "county", "town", "village")
-
-
-def copy_directory(source: Path, target: StoreTarget) -> None:
-    """The directory tables of SQLite file ``source`` into ``target`` (the synthetic loader
-    writes SQLite only)."""
-    src = connect(source)
-    dst = target.connect()
-    try:
-        dst.execute("BEGIN")
-        for table in _DIRECTORY:
-            cursor = src.execute(f"SELECT * FROM {table}")
-            columns = [d[0] for d in cursor.description]
-            rows = cursor.fetchall()
-            if table == "areas":
-                rows.sort(key=lambda r: _LEVELS.index(r[columns.index("level")]))
-            dst.executemany(
-                f"INSERT INTO {table} ({', '.join(columns)}) "
-                f"VALUES ({', '.join('?' * len(columns))})",
-                rows,
-            )
-        dst.execute("COMMIT")
-    finally:
-        dst.close()
-        src.close()
 
 
 @pytest.fixture
