@@ -37,6 +37,7 @@ from dispatcher.domain import Channel, WarningRecord
 from dispatcher.engine.engine import Engine
 from dispatcher.logging_setup import configure_logging
 from dispatcher.planning_worker import PlanningWorker
+from dispatcher.store.sql_store import SqlStore
 from dispatcher.store.sqlite import SqliteStore, connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,15 +52,20 @@ def city_warning() -> WarningRecord:
 async def plan(db: Path) -> str:
     store = await SqliteStore.open(db)
     try:
-        warning = city_warning()
-        await store.create_warning(warning, idempotency=None, now=time.time())
-        worker = PlanningWorker(store, lambda: load_policy(ROOT / "config" / "policy.toml"))
-        await worker.start()
-        await worker.wait_idle()
-        await worker.stop()
-        return warning.id
+        return await plan_on(store)
     finally:
         await store.close()
+
+
+async def plan_on(store: SqlStore) -> str:
+    """Plan a red warning for the city through the planning worker; its id."""
+    warning = city_warning()
+    await store.create_warning(warning, idempotency=None, now=time.time())
+    worker = PlanningWorker(store, lambda: load_policy(ROOT / "config" / "policy.toml"))
+    await worker.start()
+    await worker.wait_idle()
+    await worker.stop()
+    return warning.id
 
 
 def open_counts(db: Path, warning_id: str) -> dict[str, int]:

@@ -24,9 +24,11 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -35,6 +37,7 @@ from dispatcher.domain import Level, MsgType, Status, WarningRecord
 from dispatcher.planner import plan_statements
 from dispatcher.planning_worker import PlanningWorker
 from dispatcher.store.base import PlanResult
+from dispatcher.store.sql_store import SqlStore
 from dispatcher.store.sqlite import SqliteStore, connect
 from dispatcher.synthetic import SHANGLUO, load_synthetic
 
@@ -134,14 +137,15 @@ class ExternalWriter:
     """Commits one small transaction every 20 ms on a connection of its own (another process
     writing to the same file, e.g. a directory import) and records how long each waited."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str, opener: Callable[[Any], Any] = connect) -> None:
         self._path = path
+        self._opener = opener  # bench/plan_postgres.py: a PostgreSQL connection
         self.waits: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        conn = connect(self._path)
+        conn = self._opener(self._path)
         try:
             while not self._stop.wait(0.02):
                 started = time.perf_counter()
@@ -164,7 +168,7 @@ class ExternalWriter:
         self._thread.join()
 
 
-async def in_process_writer(store: SqliteStore, waits: list[float]) -> None:
+async def in_process_writer(store: SqlStore, waits: list[float]) -> None:
     """Writes through the store every 20 ms, as the engine records outcomes: its writes queue
     on the store's one writer thread behind the plan's stages."""
     while True:
@@ -195,69 +199,112 @@ class PlanRun:
 async def run_planner(base: Path) -> PlanRun:
     """Plan through the planning worker and the real store, stage by stage."""
     work = fresh_copy(base, "plan-work.db")
-    policy = load_policy(ROOT / "config" / "policy.toml")
     store = await SqliteStore.open(work)
     try:
-        warning = red_warning("bench-plan")
-        await store.create_warning(warning, idempotency=None, now=time.time())
-        worker = PlanningWorker(store, lambda: policy)
-        stages: list[PlanResult] = []
-        first: list[float] = []
-
-        async def on_stage(result: PlanResult) -> None:
-            if not first:
-                first.append(time.perf_counter() - started)
-            stages.append(result)
-
-        waits: list[float] = []
-        with PeakRss() as rss, ExternalWriter(work) as external:
-            writer = asyncio.create_task(in_process_writer(store, waits))
-            started = time.perf_counter()
-            result = await worker.plan_now(warning.id, on_stage=on_stage)
-            seconds = time.perf_counter() - started
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-        assert result.planned
-        return PlanRun(
-            seconds, result.deliveries, rss.peak, first[0], stages, waits, external.waits
-        )
+        return await plan_with_writers(store, ExternalWriter(work))
     finally:
         await store.close()
+
+
+async def plan_with_writers(store: SqlStore, external: ExternalWriter) -> PlanRun:
+    """Plan a red warning for the city through the planning worker on ``store`` while
+    ``external`` (on a connection of its own) and a writer through the store write."""
+    policy = load_policy(ROOT / "config" / "policy.toml")
+    warning = red_warning("bench-plan")
+    await store.create_warning(warning, idempotency=None, now=time.time())
+    worker = PlanningWorker(store, lambda: policy)
+    stages: list[PlanResult] = []
+    first: list[float] = []
+
+    async def on_stage(result: PlanResult) -> None:
+        if not first:
+            first.append(time.perf_counter() - started)
+        stages.append(result)
+
+    waits: list[float] = []
+    with PeakRss() as rss, external:
+        writer = asyncio.create_task(in_process_writer(store, waits))
+        started = time.perf_counter()
+        result = await worker.plan_now(warning.id, on_stage=on_stage)
+        seconds = time.perf_counter() - started
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+    assert result.planned
+    return PlanRun(seconds, result.deliveries, rss.peak, first[0], stages, waits, external.waits)
 
 
 def run_floor(base: Path) -> tuple[float, int]:
     """The same rows, copied by one bare INSERT … SELECT from a flat table into deliveries."""
     work = fresh_copy(base, "floor-work.db")
-    policy = load_policy(ROOT / "config" / "policy.toml")
+    warning = red_warning("bench-floor")
+
+    async def create() -> None:
+        store = await SqliteStore.open(work)
+        await store.create_warning(warning, idempotency=None, now=time.time())
+        await store.close()
+
+    asyncio.run(create())
     conn = connect(work)
     try:
-        warning = red_warning("bench-floor")
-
-        async def create() -> None:
-            store = await SqliteStore.open(work)
-            await store.create_warning(warning, idempotency=None, now=time.time())
-            await store.close()
-
-        asyncio.run(create())
-        # Untimed: materialise the planner's rows into a flat table without indexes.
-        conn.execute("CREATE TABLE floor_src AS SELECT * FROM deliveries WHERE 0")
-        for statement in plan_statements(warning, policy, now=time.time()):
-            conn.execute(
-                statement.sql.replace("INSERT INTO deliveries (", "INSERT INTO floor_src (", 1),
-                statement.params,
-            )
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        # Warm the source pages as the planner's directory pages are warm in its run.
-        conn.execute("SELECT count(*), max(target_id) FROM floor_src").fetchone()
-        started = time.perf_counter()
-        conn.execute("BEGIN IMMEDIATE")
-        cursor = conn.execute(f"INSERT INTO deliveries ({COLUMNS}) SELECT {COLUMNS} FROM floor_src")
-        rows = cursor.rowcount
-        conn.execute("COMMIT")
-        return time.perf_counter() - started, rows
+        return floor_insert(conn, warning, settle="PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
+
+
+def floor_insert(conn: Any, warning: WarningRecord, *, settle: str) -> tuple[float, int]:
+    """On ``conn`` (SQLite, or bench/plan_postgres.py's PostgreSQL connection), with
+    ``warning`` created: the floor's seconds and rows. ``settle`` runs after the untimed
+    materialisation (a checkpoint, a vacuum)."""
+    policy = load_policy(ROOT / "config" / "policy.toml")
+    # Untimed: materialise the planner's rows into a flat table without indexes.
+    conn.execute("CREATE TABLE floor_src AS SELECT * FROM deliveries WHERE false")
+    for statement in plan_statements(warning, policy, now=time.time()):
+        conn.execute(
+            statement.sql.replace("INSERT INTO deliveries (", "INSERT INTO floor_src (", 1),
+            statement.params,
+        )
+    conn.execute(settle)
+    # Warm the source pages as the planner's directory pages are warm in its run.
+    conn.execute("SELECT count(*), max(target_id) FROM floor_src").fetchone()
+    started = time.perf_counter()
+    conn.execute("BEGIN IMMEDIATE")
+    cursor = conn.execute(f"INSERT INTO deliveries ({COLUMNS}) SELECT {COLUMNS} FROM floor_src")
+    rows = int(cursor.rowcount)
+    conn.execute("COMMIT")
+    return time.perf_counter() - started, rows
+
+
+def repeat_runs(
+    repeat: int,
+    floor: Callable[[], tuple[float, int]],
+    plan: Callable[[], PlanRun],
+    writers: tuple[str, str] = ("in process", "own connection"),
+) -> tuple[list[PlanRun], list[float], int]:
+    """``repeat`` times the floor, then the plan, each printed; the runs, the floor times and
+    the floor's rows (checked against the plan's)."""
+    runs: list[PlanRun] = []
+    floor_times: list[float] = []
+    floor_rows = 0
+    for i in range(repeat):
+        floor_s, floor_rows = floor()
+        run = plan()
+        floor_times.append(floor_s)
+        runs.append(run)
+        longest = run.longest_stage
+        print(
+            f"  run {i + 1}: first stage {run.first_stage:.3f} s, longest stage "
+            f"{longest.seconds:.3f} s (stage {longest.stage}, {longest.deliveries:,} rows), "
+            f"{len(run.stages)} stages, plan {run.seconds:.2f} s, floor {floor_s:.2f} s, "
+            f"ratio {run.seconds / floor_s:.2f}x, writes meanwhile waited at most "
+            f"{max(run.waits, default=0) * 1000:.0f} ms ({writers[0]}), "
+            f"{max(run.external_waits, default=0) * 1000:.0f} ms ({writers[1]}), "
+            f"peak RSS {run.peak / 2**20:.0f} MB",
+            flush=True,
+        )
+    if floor_rows != runs[0].deliveries:
+        raise SystemExit(f"floor created {floor_rows} rows but the plan {runs[0].deliveries}")
+    return runs, floor_times, floor_rows
 
 
 def main() -> None:
@@ -280,28 +327,10 @@ def main() -> None:
     print(f"directory: {persons:,} persons, {villages:,} villages ({base.name})")
     print(f"machine: {os.cpu_count()} cores, SQLite {sqlite3.sqlite_version}")
 
-    runs: list[PlanRun] = []
-    floor_times: list[float] = []
-    floor_rows = 0
-    for i in range(args.repeat):
-        floor_s, floor_rows = run_floor(base)
-        run = asyncio.run(run_planner(base))
-        floor_times.append(floor_s)
-        runs.append(run)
-        longest = run.longest_stage
-        print(
-            f"  run {i + 1}: first stage {run.first_stage:.3f} s, longest stage "
-            f"{longest.seconds:.3f} s (stage {longest.stage}, {longest.deliveries:,} rows), "
-            f"{len(run.stages)} stages, plan {run.seconds:.2f} s, floor {floor_s:.2f} s, "
-            f"ratio {run.seconds / floor_s:.2f}x, writes meanwhile waited at most "
-            f"{max(run.waits, default=0) * 1000:.0f} ms (in process), "
-            f"{max(run.external_waits, default=0) * 1000:.0f} ms (own connection), "
-            f"peak RSS {run.peak / 2**20:.0f} MB",
-            flush=True,
-        )
+    runs, floor_times, floor_rows = repeat_runs(
+        args.repeat, lambda: run_floor(base), lambda: asyncio.run(run_planner(base))
+    )
     deliveries = runs[0].deliveries
-    if floor_rows != deliveries:
-        raise SystemExit(f"floor created {floor_rows} rows but the plan {deliveries}")
 
     plan_med = statistics.median(r.seconds for r in runs)
     first_med = statistics.median(r.first_stage for r in runs)
