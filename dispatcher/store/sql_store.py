@@ -505,7 +505,9 @@ class SqlStore(
                 (at, principal, role, action, target, payload),
             )
 
-        await self._write(run)
+        # In a write transaction: on PostgreSQL that takes the writer lock, so the audit log's
+        # id order is its commit order on every node (its pages are read by id).
+        await self._write_tx(run)
 
     async def list_audit(self, *, limit: int, before_id: int | None = None) -> list[AuditEntry]:
         def run(conn: Db) -> list[AuditEntry]:
