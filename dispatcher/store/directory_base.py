@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -125,7 +126,7 @@ _LEVEL_ORDER = (
 )
 
 
-class SqlDirectory:
+class SqlDirectory(ABC):
     """The directory tables of one store; :class:`SqliteDirectory` and :class:`PgDirectory`
     say where the staged rows and scratch tables live and how chunks and snapshots run."""
 
@@ -168,14 +169,14 @@ class SqlDirectory:
         self.close()
 
     # -- where tables are, per dialect ---------------------------------------------------------
+    @abstractmethod
     def _staged(self, table: str) -> str:
         """The name of a staged (or scratch, ``_``-prefixed) table beside the store's."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _attached(self, staging: Path, tables: Sequence[str]) -> AbstractContextManager[None]:
         """Make the staging file's ``tables`` (with their membership tables) readable as
         :meth:`_staged` names, and scratch tables creatable, until the block ends."""
-        raise NotImplementedError
 
     def bulk_load(self) -> AbstractContextManager[None]:
         """Around a bulk load of rows known to be consistent (the synthetic city)."""
@@ -470,13 +471,13 @@ class SqlDirectory:
         """A callable run before each chunk's transaction (nothing by default)."""
         yield _no_pause
 
-    def _after_chunk(self) -> None:
+    def _after_chunk(self) -> None:  # noqa: B027 - a hook: nothing to do by default
         """Run after each chunk's commit, off the write lock."""
 
     # -- reads -------------------------------------------------------------------------------
+    @abstractmethod
     def snapshot(self) -> AbstractContextManager[None]:
         """A read transaction whose view stays fixed while writers carry on."""
-        raise NotImplementedError
 
     def _rows(self, sql: str) -> Iterator[Any]:
         """The rows of a query without parameters, streamed rather than held in memory."""
@@ -590,7 +591,7 @@ class SqlDirectory:
 
 
 def _no_pause() -> None:
-    pass
+    """Nothing to do between chunks (PostgreSQL queues the writer lock's waiters itself)."""
 
 
 @contextmanager
