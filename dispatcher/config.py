@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import re
 import socket
 import tomllib
 from dataclasses import dataclass
@@ -421,8 +422,15 @@ def load_config(path: str | Path) -> LoadedConfig:
         tokens=tuple(tokens),
         adapters=adapters,
         store_dsn=store_dsn,
-        node_name=settings.node.name or socket.gethostname(),
+        node_name=settings.node.name or default_node_name(),
     )
+
+
+def default_node_name() -> str:
+    """The host's name, as a node's name may be: its first label, other characters as ``-``,
+    at most 56 characters."""
+    label = socket.gethostname().split(".")[0] or "tocsin"
+    return re.sub(r"[^A-Za-z0-9_.:-]", "-", label)[:56]
 
 
 def _relative(base: Path, value: str) -> Path:

@@ -54,6 +54,7 @@ class NodePresence:
         self.leading = leading
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._name_lost = False
         self.api_url: str | None = None
 
     async def start(self, *, api_url: str | None = None) -> None:
@@ -87,9 +88,23 @@ class NodePresence:
         while True:
             await asyncio.sleep(self._timings.heartbeat)
             try:
-                await self._store.node_heartbeat(
-                    self.name, now=self._clock(), leader=self.leading()
+                ours = await self._store.node_heartbeat(
+                    self.name,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    now=self._clock(),
+                    leader=self.leading(),
                 )
+                if not ours and not self._name_lost:
+                    # Silent past dead_after (a long outage, a stalled host), and another
+                    # process took the name: two nodes of one name would take back each
+                    # other's leases at their next start. Said once, loudly.
+                    log.error(
+                        "node name taken over by another process: stop this node or the "
+                        "other, or give them different names",
+                        node=self.name,
+                    )
+                self._name_lost = not ours
             except StoreUnavailable as exc:
                 # The database is away (a restart): the next beat tries again.
                 log.warning("node heartbeat failed", node=self.name, error=str(exc))

@@ -5,6 +5,7 @@ a DSN that never holds the password itself."""
 from __future__ import annotations
 
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,15 @@ from stores import StoreTarget
 from waiting import wait_until
 
 from dispatcher.api.app import ApiDeps, create_app
-from dispatcher.config import ApiRole, ApiToken, CapConfig, ConfigError, hash_token, load_config
+from dispatcher.config import (
+    ApiRole,
+    ApiToken,
+    CapConfig,
+    ConfigError,
+    default_node_name,
+    hash_token,
+    load_config,
+)
 from dispatcher.nodes import NodePresence, NodeTimings, nodes_view
 from dispatcher.store.node_queries import NodeNameInUse
 from dispatcher.warning_service import WarningService
@@ -110,6 +119,10 @@ async def test_a_live_nodes_name_is_refused_and_a_dead_ones_taken(
                 dead_after=30,
                 is_gone=lambda host, pid: (host, pid) == ("h2", 200),
             )
+        # The process that held the name before learns, at its next beat, that it is not its
+        # row any more; the holder's beats go on.
+        assert not await store.node_heartbeat("a", host="h2", pid=200, now=1043.2, leader=False)
+        assert await store.node_heartbeat("a", host="h2", pid=300, now=1043.2, leader=True)
         # A stopped node's name is free at once.
         await store.node_stopped("a", now=1043.0)
         await store.register_node(
@@ -206,11 +219,17 @@ def test_the_password_comes_from_a_secret_and_stays_out_of_logs(
 
 
 def test_sqlite_stays_the_default_and_the_node_is_the_host(tmp_path: Path) -> None:
-    import socket
-
     config = load_config(_config(tmp_path, ""))
     assert config.store_dsn is None and config.store_location.endswith("var/tocsin.db")
-    assert config.node_name == socket.gethostname()
+    assert config.node_name == default_node_name()
+    assert socket.gethostname().startswith(config.node_name)
+
+
+def test_the_default_node_name_is_a_valid_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "gethostname", lambda: "dispatch 1.county.example.org")
+    assert default_node_name() == "dispatch-1"
+    monkeypatch.setattr(socket, "gethostname", lambda: "x" * 80)
+    assert default_node_name() == "x" * 56
 
 
 def test_a_bad_node_name_is_named(tmp_path: Path) -> None:

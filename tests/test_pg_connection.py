@@ -26,7 +26,9 @@ from dispatcher.store.postgres import PostgresStore
         ("SELECT ?1, ?2, ?1", "SELECT %(p1)s, %(p2)s, %(p1)s", "numbered"),
         ("SELECT :seq + 1", "SELECT %(seq)s + 1", "named"),
         ("SELECT 'a?b :c' || ?", "SELECT 'a?b :c' || %s", "positional"),
-        ("SELECT 'it''s ?' -- what?\n, 5 % 3", "SELECT 'it''s ?' -- what?\n, 5 %% 3", "none"),
+        # No parameters: psycopg sends the text as it is, '%' included.
+        ("SELECT 'it''s ?' -- what?\n, 5 % 3", "SELECT 'it''s ?' -- what?\n, 5 % 3", "none"),
+        ("SELECT 5 % ?, '10%'", "SELECT 5 %% %s, '10%%'", "positional"),
         ('SELECT "odd?name" FROM t', 'SELECT "odd?name" FROM t', "none"),
         ("SELECT x::text FROM t WHERE y = :y", "SELECT x::text FROM t WHERE y = %(y)s", "named"),
     ],

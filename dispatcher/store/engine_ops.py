@@ -641,9 +641,13 @@ def _fall_over(
     conn = batch.conn
     fell = 0
     for c in claimed:
-        now_in = conn.execute("SELECT state FROM deliveries WHERE id = ?", (c.id,)).fetchone()
+        now_in = conn.execute(
+            "SELECT state, attempts FROM deliveries WHERE id = ?", (c.id,)
+        ).fetchone()
         if now_in is None or now_in[0] != DeliveryState.SENDING.value:
             continue  # cancelled, superseded or expired since it was claimed
+        if int(now_in[1]) != c.attempt:
+            continue  # the lease ran out and another claim has it now
         held = None
         if c.audience in _PEOPLE_AUDIENCES:
             held = conn.execute(

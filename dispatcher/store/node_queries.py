@@ -78,18 +78,24 @@ class NodeQueries(StoreConnections):
 
         await self._write_tx(run)
 
-    async def node_heartbeat(self, name: str, *, now: float, leader: bool) -> None:
-        def run(conn: Db) -> None:
-            conn.execute(
+    async def node_heartbeat(
+        self, name: str, *, host: str, pid: int, now: float, leader: bool
+    ) -> bool:
+        """Say this node is alive; False when the name's row is another process's now (this
+        node was silent past dead_after and another took the name)."""
+
+        def run(conn: Db) -> bool:
+            beat = conn.execute(
                 "UPDATE nodes SET seen_at = ?, leader_since = CASE WHEN ? = 0 THEN NULL "
-                "ELSE coalesce(leader_since, ?) END WHERE name = ?",
-                (now, int(leader), now, name),
+                "ELSE coalesce(leader_since, ?) END WHERE name = ? AND host = ? AND pid = ?",
+                (now, int(leader), now, name, host, pid),
             )
+            return beat.rowcount == 1
 
         # Beside the writer: a node busy with a fan-out must not look gone because its
         # heartbeat waits behind the bulk writes queued on its writer (and, on PostgreSQL,
         # behind other nodes' writes for the writer lock, which this statement does not need).
-        await self._write_aside(run)
+        return await self._write_aside(run)
 
     async def node_stopped(self, name: str, *, now: float) -> None:
         def run(conn: Db) -> None:

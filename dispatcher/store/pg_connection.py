@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 from psycopg.adapt import Dumper, Loader
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 
 #: The advisory lock every write transaction holds (exclusive) and every claim holds
@@ -32,16 +33,29 @@ WRITER_LOCK = 0x70C5_1E01
 #: Where a statement of the store's SQL has a placeholder or a ``%`` psycopg would read.
 _TOKEN = re.compile(
     r"""
-    (?P<quoted>'(?:[^']|'')*'|"(?:[^"]|"")*")   # string literals and quoted names: as they are
-    | (?P<comment>--[^\n]*)                      # comments: as they are
+    (?P<quoted>[Ee]'(?:[^'\\]|\\.|'')*'          # E'…': backslash escapes
+      | '(?:[^']|'')*' | "(?:[^"]|"")*"          # string literals and quoted names
+      | \$(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?\$(?P=tag)\$  # dollar quoting
+      | --[^\n]* | /\*.*?\*/)                    # comments
     | (?P<cast>::)                               # a PostgreSQL cast, not a named placeholder
     | \?(?P<number>\d+)                          # ?1: a numbered placeholder
     | (?P<qmark>\?)                              # ?: the next positional one
     | :(?P<name>[A-Za-z_]\w*)                    # :name
     | (?P<percent>%)
     """,
-    re.VERBOSE,
+    re.VERBOSE | re.DOTALL,
 )
+
+#: A server that stops answering (a failover that moves its address, a cut network) is noticed
+#: within about 30 s rather than the kernel's ~15 minutes of retransmissions, during which the
+#: node's writer or reader would hang. A DSN's own values win.
+_KEEPALIVES: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
 
 
 class _Statement:
@@ -58,8 +72,9 @@ def respell(sql: str) -> _Statement:
     styles: set[str] = set()
 
     def replace(match: re.Match[str]) -> str:
-        if match.group("quoted") is not None or match.group("comment") is not None:
-            return match.group(0)
+        if match.group("quoted") is not None:
+            # psycopg reads every '%' of a statement that has parameters, literals included.
+            return match.group(0).replace("%", "%%")
         if match.group("cast") is not None:
             return "::"
         if match.group("number") is not None:
@@ -76,7 +91,10 @@ def respell(sql: str) -> _Statement:
     out = _TOKEN.sub(replace, sql)
     if len(styles) > 1:
         raise ValueError(f"a statement mixes placeholder styles {sorted(styles)}: {sql[:120]!r}")
-    return _Statement(out, styles.pop() if styles else "none")
+    if not styles:
+        # No parameters: psycopg sends the text as it is ('%' stays '%').
+        return _Statement(sql, "none")
+    return _Statement(out, styles.pop())
 
 
 def _parameters(statement: _Statement, parameters: Any) -> Any:
@@ -120,8 +138,13 @@ class PgConnection:
     def connect(
         cls, dsn: str, *, application_name: str = "tocsin", timeout: float = 10.0
     ) -> PgConnection:
+        given = conninfo_to_dict(dsn)
+        options = {k: v for k, v in _KEEPALIVES.items() if k not in given}
         conn = psycopg.connect(
-            dsn, autocommit=True, application_name=application_name, connect_timeout=int(timeout)
+            make_conninfo(dsn, **options),
+            autocommit=True,
+            application_name=application_name,
+            connect_timeout=int(timeout),
         )
         conn.adapters.register_dumper(bool, _BoolAsIntDumper)
         conn.adapters.register_loader("numeric", _NumericLoader)
