@@ -29,6 +29,8 @@ from psycopg.pq import TransactionStatus
 #: (shared): writes run one at a time across nodes; claims run side by side, each taking
 #: only rows no other claim holds (FOR UPDATE SKIP LOCKED). Its key is arbitrary and fixed.
 WRITER_LOCK = 0x70C5_1E01
+_BEGIN_WRITE = f"BEGIN; SELECT pg_advisory_xact_lock({WRITER_LOCK})"
+_BEGIN_CLAIM = f"BEGIN; SELECT pg_advisory_xact_lock_shared({WRITER_LOCK})"
 
 #: Where a statement of the store's SQL has a placeholder or a ``%`` psycopg would read.
 _TOKEN = re.compile(
@@ -152,8 +154,8 @@ class PgConnection:
 
     def execute(self, sql: str, parameters: Any = (), /) -> psycopg.Cursor[Any]:
         if sql == "BEGIN IMMEDIATE":
-            self.raw.execute("BEGIN")
-            return self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+            # One round trip: without parameters psycopg sends both in one simple query.
+            return self.raw.execute(_BEGIN_WRITE)
         statement = respell(sql)
         return self.raw.execute(statement.sql, _parameters(statement, parameters))
 
@@ -168,8 +170,7 @@ class PgConnection:
 
     def begin_claim(self) -> None:
         """A claim's transaction: beside other claims, never beside a write transaction."""
-        self.raw.execute("BEGIN")
-        self.raw.execute("SELECT pg_advisory_xact_lock_shared(%s)", (WRITER_LOCK,))
+        self.raw.execute(_BEGIN_CLAIM)
 
     @property
     def in_transaction(self) -> bool:
