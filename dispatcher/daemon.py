@@ -8,6 +8,7 @@ import asyncio
 import fcntl
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
@@ -234,8 +235,6 @@ def _only_daemon_on(store_path: Path) -> Iterator[None]:
 async def _nodes(
     store: SqlStore, config: LoadedConfig, schedules: ScheduleRunner
 ) -> dict[str, object]:
-    import time
-
     return nodes_view(
         await store.list_nodes(),
         now=time.time(),

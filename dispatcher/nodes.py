@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
@@ -169,6 +170,7 @@ def nodes_view(
                 if row.lease_expires_at is None
                 else _iso(row.lease_expires_at),
                 "scheduler_leader": row.name == leader,
+                "leader_since": None if row.leader_since is None else _iso(row.leader_since),
             }
             for row in rows
         ],
@@ -176,6 +178,4 @@ def nodes_view(
 
 
 def _iso(ts: float) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -47,6 +47,8 @@ async def test_nodes_register_beat_and_stop(store_target: StoreTarget) -> None:
         await wait_until(lambda: _all_beat(second, started), within=10, what="both nodes beat")
         rows = {n.name: n for n in await second.list_nodes()}
         assert set(rows) == {"a", "b"}
+        # a's heartbeats say it leads (leading=lambda: True); b's that it does not.
+        assert rows["a"].leader_since is not None and rows["b"].leader_since is None
         assert rows["a"].api_url == "http://10.0.0.1:8080"
         assert rows["a"].stopped_at is None and rows["a"].leases == 0
         view = nodes_view(

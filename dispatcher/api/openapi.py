@@ -561,6 +561,7 @@ _RESPONSE_SCHEMAS: dict[str, Schema] = {
                 "leases": {"type": "integer", "minimum": 0},
                 "lease_expires_at": _nullable(_DATETIME),
                 "scheduler_leader": {"type": "boolean"},
+                "leader_since": _nullable(_DATETIME),
             }
         ),
         "description": "A dispatcher node on this database. leases: deliveries it is sending "

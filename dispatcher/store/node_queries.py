@@ -23,6 +23,8 @@ class NodeRow:
     leases: int
     #: When the oldest of those leases runs out (None: no lease).
     lease_expires_at: float | None
+    #: Since when the node has led the schedules, as its heartbeats say (None: it does not).
+    leader_since: float | None = None
 
 
 class NodeNameInUse(RuntimeError):
@@ -118,8 +120,8 @@ class NodeQueries(StoreConnections):
                 )
             }
             rows = conn.execute(
-                "SELECT name, host, pid, version, api_url, started_at, seen_at, stopped_at "
-                "FROM nodes ORDER BY name"
+                "SELECT name, host, pid, version, api_url, started_at, seen_at, stopped_at, "
+                "leader_since FROM nodes ORDER BY name"
             ).fetchall()
             return [
                 NodeRow(
@@ -133,6 +135,7 @@ class NodeQueries(StoreConnections):
                     stopped_at=None if r[7] is None else float(r[7]),
                     leases=leases.get(r[0], (0, 0.0))[0],
                     lease_expires_at=leases[r[0]][1] if r[0] in leases else None,
+                    leader_since=None if r[8] is None else float(r[8]),
                 )
                 for r in rows
             ]
